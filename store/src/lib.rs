@@ -1,0 +1,36 @@
+//! The vorpalfs content-addressed store.
+//!
+//! ```text
+//!  Store (store.rs) ── roots, lookup, read_at, caches; ingest.rs, ops.rs (export/verify/stats)
+//!    │
+//!    ├── Index (index.rs)      RocksDB, metadata only: trees, file chunk lists, locators, packs, roots
+//!    ├── packs (pack.rs)       append-only files of zstd chunks, verified on every read
+//!    └── ChunkCache (cache.rs) decoded chunks in memory, LRU by bytes
+//!  model: Digest (digest.rs), Tree (tree.rs), FileRecord/Locator (records.rs), chunker.rs
+//! ```
+//!
+//! Every object is named by a domain-separated BLAKE3 digest of its plaintext. Files are cut into
+//! chunks by content (FastCDC), chunks are stored once across all trees, and a directory is a
+//! Merkle tree of canonical entries. Writes are staged in packs and become visible in one atomic
+//! index commit; reads touch only the chunks that cover the requested range and verify each one
+//! before its bytes are returned. One process owns a store at a time (an flock on `<dir>/lock`).
+
+pub mod cache;
+pub mod chunker;
+pub mod digest;
+pub mod error;
+pub mod index;
+pub mod ingest;
+pub mod ops;
+pub mod pack;
+pub mod records;
+pub mod store;
+pub mod tree;
+
+pub use digest::{Digest, Hasher, Kind};
+pub use error::{Error, Result};
+pub use ingest::IngestReport;
+pub use ops::{Problem, Stats, VerifyReport};
+pub use records::{ChunkRef, FileRecord};
+pub use store::{Options, Root, Store};
+pub use tree::{Entry, EntryKind, Tree};
