@@ -13,7 +13,10 @@ pub struct Settings {
 
 impl Settings {
     pub fn resolve(cli: &Cli) -> Settings {
-        Settings { store_dir: cli.store_dir.clone().unwrap_or_else(default_store_dir), json: cli.json }
+        Settings {
+            store_dir: cli.store_dir.clone().unwrap_or_else(default_store_dir),
+            json: cli.json,
+        }
     }
 }
 

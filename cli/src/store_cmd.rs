@@ -49,7 +49,9 @@ pub fn run(s: &Settings, cmd: StoreCommand) -> Result<ExitCode> {
         StoreCommand::Add { dir, name } => {
             let store = open(s)?;
             let t = Instant::now();
-            let r = store.ingest(&dir, name.as_deref()).with_context(|| format!("cannot add {}", dir.display()))?;
+            let r = store
+                .ingest(&dir, name.as_deref())
+                .with_context(|| format!("cannot add {}", dir.display()))?;
             let name = name.unwrap_or_else(|| r.root.to_hex());
             let secs = t.elapsed().as_secs_f64();
             if s.json {
@@ -61,7 +63,14 @@ pub fn run(s: &Settings, cmd: StoreCommand) -> Result<ExitCode> {
                 writeln!(out, "{}", r.root)?;
                 eprintln!(
                     "added {} files, {} dirs, {} symlinks, {} bytes in {secs:.2}s ({:.0} MB/s); new: {} chunks, {} bytes stored as {}",
-                    r.files, r.dirs, r.symlinks, r.bytes, r.bytes as f64 / secs / 1e6, r.new_chunks, r.new_bytes, r.stored_bytes
+                    r.files,
+                    r.dirs,
+                    r.symlinks,
+                    r.bytes,
+                    r.bytes as f64 / secs / 1e6,
+                    r.new_chunks,
+                    r.new_bytes,
+                    r.stored_bytes
                 );
             }
         }
@@ -70,7 +79,11 @@ pub fn run(s: &Settings, cmd: StoreCommand) -> Result<ExitCode> {
             for root in store.roots()? {
                 let size = store.tree(&root.digest)?.size();
                 if s.json {
-                    writeln!(out, "{}", json!({"name": root.name, "digest": root.digest.to_hex(), "bytes": size}))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"name": root.name, "digest": root.digest.to_hex(), "bytes": size})
+                    )?;
                 } else {
                     writeln!(out, "{}  {:>14}  {}", root.digest, size, root.name)?;
                 }
@@ -95,8 +108,14 @@ pub fn run(s: &Settings, cmd: StoreCommand) -> Result<ExitCode> {
             let store = open(s)?;
             let digest = store.resolve(&root)?;
             let t = Instant::now();
-            let bytes = store.export(&digest, &dir).with_context(|| format!("cannot export {root} to {}", dir.display()))?;
-            eprintln!("exported {bytes} bytes to {} in {:.2}s", dir.display(), t.elapsed().as_secs_f64());
+            let bytes = store
+                .export(&digest, &dir)
+                .with_context(|| format!("cannot export {root} to {}", dir.display()))?;
+            eprintln!(
+                "exported {bytes} bytes to {} in {:.2}s",
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            );
             writeln!(out, "{}", dir.display())?;
         }
         StoreCommand::Verify => {
@@ -104,12 +123,27 @@ pub fn run(s: &Settings, cmd: StoreCommand) -> Result<ExitCode> {
             let r = store.verify()?;
             for p in &r.problems {
                 if s.json {
-                    writeln!(out, "{}", json!({"root": p.root, "path": p.path, "digest": p.digest.to_hex(), "problem": p.detail}))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"root": p.root, "path": p.path, "digest": p.digest.to_hex(), "problem": p.detail})
+                    )?;
                 } else {
-                    writeln!(out, "CORRUPT {}  {}/{}: {}", p.digest, p.root, p.path, p.detail)?;
+                    writeln!(
+                        out,
+                        "CORRUPT {}  {}/{}: {}",
+                        p.digest, p.root, p.path, p.detail
+                    )?;
                 }
             }
-            eprintln!("verified {} roots, {} trees, {} files, {} bytes: {} problems", r.roots, r.trees, r.files, r.bytes, r.problems.len());
+            eprintln!(
+                "verified {} roots, {} trees, {} files, {} bytes: {} problems",
+                r.roots,
+                r.trees,
+                r.files,
+                r.bytes,
+                r.problems.len()
+            );
             if !r.problems.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
@@ -119,18 +153,34 @@ pub fn run(s: &Settings, cmd: StoreCommand) -> Result<ExitCode> {
             let dedup = ratio(st.logical_bytes, st.unique_bytes);
             let comp = ratio(st.unique_bytes, st.stored_bytes);
             if s.json {
-                writeln!(out, "{}", json!({"roots": st.roots, "trees": st.trees, "files": st.files, "chunks": st.chunks,
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"roots": st.roots, "trees": st.trees, "files": st.files, "chunks": st.chunks,
                     "packs": st.packs, "logical_bytes": st.logical_bytes, "unique_bytes": st.unique_bytes,
-                    "stored_bytes": st.stored_bytes, "pack_bytes": st.pack_bytes, "dedup_ratio": dedup, "compression_ratio": comp}))?;
+                    "stored_bytes": st.stored_bytes, "pack_bytes": st.pack_bytes, "dedup_ratio": dedup, "compression_ratio": comp})
+                )?;
             } else {
                 writeln!(out, "roots          {}", st.roots)?;
                 writeln!(out, "trees          {}", st.trees)?;
                 writeln!(out, "files          {}", st.files)?;
                 writeln!(out, "chunks         {}", st.chunks)?;
-                writeln!(out, "packs          {}  ({} bytes)", st.packs, st.pack_bytes)?;
+                writeln!(
+                    out,
+                    "packs          {}  ({} bytes)",
+                    st.packs, st.pack_bytes
+                )?;
                 writeln!(out, "logical bytes  {}", st.logical_bytes)?;
-                writeln!(out, "unique bytes   {}  (dedup ratio {dedup:.2})", st.unique_bytes)?;
-                writeln!(out, "stored bytes   {}  (compression ratio {comp:.2})", st.stored_bytes)?;
+                writeln!(
+                    out,
+                    "unique bytes   {}  (dedup ratio {dedup:.2})",
+                    st.unique_bytes
+                )?;
+                writeln!(
+                    out,
+                    "stored bytes   {}  (compression ratio {comp:.2})",
+                    st.stored_bytes
+                )?;
             }
         }
         StoreCommand::Rm { name } => {

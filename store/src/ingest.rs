@@ -102,12 +102,18 @@ fn walk(path: &Path, jobs: &mut Vec<FileJob>, report: &mut IngestReport) -> Resu
         } else if ft.is_file() {
             report.files += 1;
             jobs.push(FileJob { path: p });
-            Node::File { job: jobs.len() - 1, executable: meta.mode() & 0o111 != 0 }
+            Node::File {
+                job: jobs.len() - 1,
+                executable: meta.mode() & 0o111 != 0,
+            }
         } else if ft.is_symlink() {
             report.symlinks += 1;
             Node::Symlink(fs::read_link(&p).at(&p)?.as_os_str().as_bytes().to_vec())
         } else {
-            return Err(Error::Unsupported { path: p, kind: special_kind(&ft) });
+            return Err(Error::Unsupported {
+                path: p,
+                kind: special_kind(&ft),
+            });
         };
         children.push((ent.file_name().as_bytes().to_vec(), node));
     }
@@ -162,8 +168,15 @@ impl Run<'_> {
             chunks.push(ChunkRef { offset, len, id });
             offset += u64::from(len);
             let is_new = self.queued.lock().unwrap().insert(id);
-            if is_new && !self.store.index.contains(Cf::Chunks, id.as_bytes()).map_err(std::io::Error::other)? {
-                tx.send(NewChunk { id, data }).map_err(|_| std::io::Error::other("ingest cancelled"))?;
+            if is_new
+                && !self
+                    .store
+                    .index
+                    .contains(Cf::Chunks, id.as_bytes())
+                    .map_err(std::io::Error::other)?
+            {
+                tx.send(NewChunk { id, data })
+                    .map_err(|_| std::io::Error::other("ingest cancelled"))?;
             }
             Ok(())
         })
@@ -178,7 +191,10 @@ impl Run<'_> {
         {
             return Err(Error::Changed { path: path.into() });
         }
-        Ok(FileOut { digest: h.finalize(), record: FileRecord { size: read, chunks } })
+        Ok(FileOut {
+            digest: h.finalize(),
+            record: FileRecord { size: read, chunks },
+        })
     }
 }
 
@@ -194,7 +210,11 @@ impl Store {
 
     /// Ingests `src`; `finish` adds its own records (a root, a build result) to the final batch,
     /// so they commit atomically with the data they name.
-    pub fn ingest_then(&self, src: &Path, finish: impl FnOnce(&Digest, &mut Batch)) -> Result<IngestReport> {
+    pub fn ingest_then(
+        &self,
+        src: &Path,
+        finish: impl FnOnce(&Digest, &mut Batch),
+    ) -> Result<IngestReport> {
         let meta = fs::symlink_metadata(src).at(src)?;
         if !meta.is_dir() {
             return Err(Error::Io {
@@ -235,7 +255,12 @@ impl Store {
                     let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
                     for c in rx {
                         let (codec, bytes) = encode_chunk(&mut z, &c.data);
-                        let e = Encoded { id: c.id, raw_len: c.data.len() as u32, codec, bytes };
+                        let e = Encoded {
+                            id: c.id,
+                            raw_len: c.data.len() as u32,
+                            codec,
+                            bytes,
+                        };
                         if tx.send(e).is_err() {
                             return;
                         }
@@ -254,11 +279,19 @@ impl Store {
             return Err(e);
         }
 
-        let outputs: Vec<FileOut> = run.outputs.into_inner().unwrap().into_iter().map(|o| o.expect("every file read")).collect();
+        let outputs: Vec<FileOut> = run
+            .outputs
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.expect("every file read"))
+            .collect();
         let mut seen_files = HashSet::new();
         for out in &outputs {
             report.bytes += out.record.size;
-            if seen_files.insert(out.digest) && !self.index.contains(Cf::Files, out.digest.as_bytes())? {
+            if seen_files.insert(out.digest)
+                && !self.index.contains(Cf::Files, out.digest.as_bytes())?
+            {
                 batch.put(Cf::Files, out.digest.as_bytes(), &out.record.encode());
             }
         }
@@ -335,8 +368,15 @@ impl Store {
     }
 
     /// Builds the trees bottom-up, adding the new ones to the batch.
-    fn build_trees(&self, node: Node, outputs: &[FileOut], batch: &mut Batch) -> Result<(Digest, u64)> {
-        let Node::Dir(children) = node else { unreachable!("trees are built from directories") };
+    fn build_trees(
+        &self,
+        node: Node,
+        outputs: &[FileOut],
+        batch: &mut Batch,
+    ) -> Result<(Digest, u64)> {
+        let Node::Dir(children) = node else {
+            unreachable!("trees are built from directories")
+        };
         let mut entries = Vec::with_capacity(children.len());
         for (name, child) in children {
             let kind = match child {
@@ -346,7 +386,11 @@ impl Store {
                 }
                 Node::File { job, executable } => {
                     let out = &outputs[job];
-                    EntryKind::File { digest: out.digest, size: out.record.size, executable }
+                    EntryKind::File {
+                        digest: out.digest,
+                        size: out.record.size,
+                        executable,
+                    }
                 }
                 Node::Symlink(target) => EntryKind::Symlink { target },
             };

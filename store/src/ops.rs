@@ -56,7 +56,11 @@ pub struct Stats {
 
 fn join(base: &str, name: &[u8]) -> String {
     let name = String::from_utf8_lossy(name);
-    if base.is_empty() { name.into_owned() } else { format!("{base}/{name}") }
+    if base.is_empty() {
+        name.into_owned()
+    } else {
+        format!("{base}/{name}")
+    }
 }
 
 impl Store {
@@ -70,7 +74,9 @@ impl Store {
                     return Err(Error::DestinationExists { path: dest.into() });
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(dest).at(dest)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(dest).at(dest)?
+            }
             Err(e) => return Err(Error::io(dest, e)),
         }
         let mut files = Vec::new();
@@ -81,7 +87,12 @@ impl Store {
             .try_reduce(|| 0, |a, b| Ok(a + b))
     }
 
-    fn export_dirs(&self, tree: &Digest, dir: &Path, files: &mut Vec<(PathBuf, Digest, bool)>) -> Result<()> {
+    fn export_dirs(
+        &self,
+        tree: &Digest,
+        dir: &Path,
+        files: &mut Vec<(PathBuf, Digest, bool)>,
+    ) -> Result<()> {
         let t = self.tree(tree)?;
         for e in t.entries() {
             let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
@@ -90,9 +101,12 @@ impl Store {
                     fs::create_dir(&path).at(&path)?;
                     self.export_dirs(digest, &path, files)?;
                 }
-                EntryKind::File { digest, executable, .. } => files.push((path, *digest, *executable)),
+                EntryKind::File {
+                    digest, executable, ..
+                } => files.push((path, *digest, *executable)),
                 EntryKind::Symlink { target } => {
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path).at(&path)?;
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
+                        .at(&path)?;
                 }
             }
         }
@@ -101,7 +115,12 @@ impl Store {
 
     fn export_file(&self, digest: &Digest, path: &Path, exec: bool) -> Result<u64> {
         let mode = if exec { 0o755 } else { 0o644 };
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).at(path)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .at(path)?;
         let rec = self.file(digest)?;
         let mut h = Hasher::new(Kind::File);
         let mut hole = false;
@@ -119,7 +138,14 @@ impl Store {
             f.set_len(rec.size).at(path)?;
         }
         if h.finalize() != *digest {
-            return Err(Error::Corrupt { what: "file", digest: *digest, detail: format!("content written to {} does not match its digest", path.display()) });
+            return Err(Error::Corrupt {
+                what: "file",
+                digest: *digest,
+                detail: format!(
+                    "content written to {} does not match its digest",
+                    path.display()
+                ),
+            });
         }
         // The umask may have narrowed the mode given at creation.
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
@@ -142,7 +168,12 @@ impl Store {
                     continue;
                 }
                 report.trees += 1;
-                let problem = |detail: String| Problem { root: root.name.clone(), path: path.clone(), digest: d, detail };
+                let problem = |detail: String| Problem {
+                    root: root.name.clone(),
+                    path: path.clone(),
+                    digest: d,
+                    detail,
+                };
                 let bytes = match self.index.get(Cf::Trees, d.as_bytes())? {
                     Some(b) => b,
                     None => {
@@ -151,7 +182,9 @@ impl Store {
                     }
                 };
                 if Digest::of(Kind::Tree, &bytes) != d {
-                    report.problems.push(problem("tree encoding does not match its digest".into()));
+                    report
+                        .problems
+                        .push(problem("tree encoding does not match its digest".into()));
                     continue;
                 }
                 let tree = match Tree::decode(&bytes, &d) {
@@ -177,7 +210,15 @@ impl Store {
             .par_iter()
             .map(|(digest, (root, path))| match self.verify_file(digest) {
                 Ok(size) => (size, None),
-                Err((bad, detail)) => (0, Some(Problem { root: root.clone(), path: path.clone(), digest: bad, detail })),
+                Err((bad, detail)) => (
+                    0,
+                    Some(Problem {
+                        root: root.clone(),
+                        path: path.clone(),
+                        digest: bad,
+                        detail,
+                    }),
+                ),
             })
             .collect();
         report.files = files.len() as u64;
@@ -185,7 +226,9 @@ impl Store {
             report.bytes += size;
             report.problems.extend(p);
         }
-        report.problems.sort_by(|a, b| (&a.root, &a.path).cmp(&(&b.root, &b.path)));
+        report
+            .problems
+            .sort_by(|a, b| (&a.root, &a.path).cmp(&(&b.root, &b.path)));
         Ok(report)
     }
 
@@ -194,7 +237,9 @@ impl Store {
         let rec = self.file(digest).map_err(|e| (*digest, e.to_string()))?;
         let mut h = Hasher::new(Kind::File);
         for c in &rec.chunks {
-            let data = self.chunk_uncached(&c.id).map_err(|e| (c.id, e.to_string()))?;
+            let data = self
+                .chunk_uncached(&c.id)
+                .map_err(|e| (c.id, e.to_string()))?;
             if data.len() != c.len as usize {
                 return Err((c.id, "chunk length differs from the file record".into()));
             }

@@ -36,7 +36,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { chunk_cache_bytes: 256 << 20, zstd_level: 3 }
+        Options {
+            chunk_cache_bytes: 256 << 20,
+            zstd_level: 3,
+        }
     }
 }
 
@@ -72,14 +75,24 @@ impl Store {
         let marker = dir.join(MARKER);
         match fs::read_to_string(&marker) {
             Ok(text) => {
-                let found = text.trim().strip_prefix("vorpalfs store format ").unwrap_or(text.trim());
+                let found = text
+                    .trim()
+                    .strip_prefix("vorpalfs store format ")
+                    .unwrap_or(text.trim());
                 if found != FORMAT.to_string() {
-                    return Err(Error::Version { path: dir.into(), found: found.into(), supported: FORMAT });
+                    return Err(Error::Version {
+                        path: dir.into(),
+                        found: found.into(),
+                        supported: FORMAT,
+                    });
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if fs::read_dir(dir).at(dir)?.next().is_some() {
-                    return Err(Error::NotAStore { path: dir.into(), marker: MARKER });
+                    return Err(Error::NotAStore {
+                        path: dir.into(),
+                        marker: MARKER,
+                    });
                 }
                 let tmp = dir.join(".VORPALFS_STORE.tmp");
                 fs::write(&tmp, format!("vorpalfs store format {FORMAT}\n")).at(&tmp)?;
@@ -122,7 +135,9 @@ impl Store {
         for ent in fs::read_dir(&self.packs_dir).at(&self.packs_dir)? {
             let ent = ent.at(&self.packs_dir)?;
             let name = ent.file_name();
-            let Some(id) = name.to_str().and_then(pack::pack_id) else { continue };
+            let Some(id) = name.to_str().and_then(pack::pack_id) else {
+                continue;
+            };
             max = max.max(id);
             if !self.index.contains(Cf::Packs, &id.to_be_bytes())? {
                 tracing::info!(pack = %name.to_string_lossy(), "removing a pack left by an interrupted ingest");
@@ -144,7 +159,10 @@ impl Store {
         let mut out = Vec::new();
         self.index.scan(Cf::Roots, |k, v| {
             if let Some(digest) = Digest::from_slice(v) {
-                out.push(Root { name: String::from_utf8_lossy(k).into_owned(), digest });
+                out.push(Root {
+                    name: String::from_utf8_lossy(k).into_owned(),
+                    digest,
+                });
             }
             true
         })?;
@@ -172,15 +190,15 @@ impl Store {
 
     /// Resolves a root name or a tree digest (hex) to a stored tree digest.
     pub fn resolve(&self, name_or_digest: &str) -> Result<Digest> {
-        if let Some(v) = self.index.get(Cf::Roots, name_or_digest.as_bytes())? {
-            if let Some(d) = Digest::from_slice(&v) {
-                return Ok(d);
-            }
+        if let Some(v) = self.index.get(Cf::Roots, name_or_digest.as_bytes())?
+            && let Some(d) = Digest::from_slice(&v)
+        {
+            return Ok(d);
         }
-        if let Ok(d) = name_or_digest.parse::<Digest>() {
-            if self.has_tree(&d)? {
-                return Ok(d);
-            }
+        if let Ok(d) = name_or_digest.parse::<Digest>()
+            && self.has_tree(&d)?
+        {
+            return Ok(d);
         }
         Err(Error::UnknownRoot(name_or_digest.to_string()))
     }
@@ -196,9 +214,19 @@ impl Store {
         if let Some(t) = self.trees.get(d) {
             return Ok(t);
         }
-        let bytes = self.index.get(Cf::Trees, d.as_bytes())?.ok_or(Error::Missing { what: "tree", digest: *d })?;
+        let bytes = self
+            .index
+            .get(Cf::Trees, d.as_bytes())?
+            .ok_or(Error::Missing {
+                what: "tree",
+                digest: *d,
+            })?;
         if Digest::of(crate::Kind::Tree, &bytes) != *d {
-            return Err(Error::Corrupt { what: "tree", digest: *d, detail: "encoding does not match its digest".into() });
+            return Err(Error::Corrupt {
+                what: "tree",
+                digest: *d,
+                detail: "encoding does not match its digest".into(),
+            });
         }
         let t = Arc::new(Tree::decode(&bytes, d)?);
         self.trees.insert(*d, t.clone());
@@ -210,7 +238,13 @@ impl Store {
         if let Some(f) = self.files.get(d) {
             return Ok(f);
         }
-        let bytes = self.index.get(Cf::Files, d.as_bytes())?.ok_or(Error::Missing { what: "file", digest: *d })?;
+        let bytes = self
+            .index
+            .get(Cf::Files, d.as_bytes())?
+            .ok_or(Error::Missing {
+                what: "file",
+                digest: *d,
+            })?;
         let f = Arc::new(FileRecord::decode(&bytes, d)?);
         self.files.insert(*d, f.clone());
         Ok(f)
@@ -219,7 +253,13 @@ impl Store {
     /// Follows a `/`-separated path from a root tree; "" is the root itself.
     /// Symlinks are not followed.
     pub fn lookup(&self, root: &Digest, path: &str) -> Result<Entry> {
-        let mut cur = Entry { name: Vec::new(), kind: EntryKind::Dir { digest: *root, size: 0 } };
+        let mut cur = Entry {
+            name: Vec::new(),
+            kind: EntryKind::Dir {
+                digest: *root,
+                size: 0,
+            },
+        };
         let mut walked = String::new();
         for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
             let dir = match &cur.kind {
@@ -241,7 +281,10 @@ impl Store {
                 .tree(&dir)?
                 .get(part.as_bytes())
                 .cloned()
-                .ok_or_else(|| Error::NoSuchPath { root: *root, path: walked.clone() })?;
+                .ok_or_else(|| Error::NoSuchPath {
+                    root: *root,
+                    path: walked.clone(),
+                })?;
         }
         Ok(cur)
     }
@@ -249,7 +292,13 @@ impl Store {
     // ----- chunks and reads -----
 
     pub(crate) fn locator(&self, id: &Digest) -> Result<Locator> {
-        let v = self.index.get(Cf::Chunks, id.as_bytes())?.ok_or(Error::Missing { what: "chunk", digest: *id })?;
+        let v = self
+            .index
+            .get(Cf::Chunks, id.as_bytes())?
+            .ok_or(Error::Missing {
+                what: "chunk",
+                digest: *id,
+            })?;
         Locator::decode(&v, id)
     }
 
@@ -297,7 +346,12 @@ impl Store {
     }
 
     /// Streams a whole file into `out`, chunk by chunk, checking the file digest at the end.
-    pub fn write_file_to(&self, digest: &Digest, out: &mut impl Write, out_path: &Path) -> Result<u64> {
+    pub fn write_file_to(
+        &self,
+        digest: &Digest,
+        out: &mut impl Write,
+        out_path: &Path,
+    ) -> Result<u64> {
         let f = self.file(digest)?;
         let mut h = crate::digest::Hasher::new(crate::Kind::File);
         for c in &f.chunks {
@@ -306,14 +360,22 @@ impl Store {
             out.write_all(&data).at(out_path)?;
         }
         if h.finalize() != *digest {
-            return Err(Error::Corrupt { what: "file", digest: *digest, detail: "content does not match its digest".into() });
+            return Err(Error::Corrupt {
+                what: "file",
+                digest: *digest,
+                detail: "content does not match its digest".into(),
+            });
         }
         Ok(f.size)
     }
 
     /// A `Read` over a stored file (for `cat` and tests).
     pub fn reader(&self, digest: &Digest) -> Result<FileReader<'_>> {
-        Ok(FileReader { store: self, file: self.file(digest)?, pos: 0 })
+        Ok(FileReader {
+            store: self,
+            file: self.file(digest)?,
+            pos: 0,
+        })
     }
 
     // ----- bookkeeping -----
@@ -363,7 +425,10 @@ pub struct FileReader<'a> {
 
 impl Read for FileReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.store.read_at(&self.file, self.pos, buf).map_err(std::io::Error::other)?;
+        let n = self
+            .store
+            .read_at(&self.file, self.pos, buf)
+            .map_err(std::io::Error::other)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -372,7 +437,13 @@ impl Read for FileReader<'_> {
 /// Takes the store's exclusive lock, naming the holder's pid when another process has it.
 fn lock_store(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at(&path)?;
     // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -384,7 +455,10 @@ fn lock_store(dir: &Path) -> Result<File> {
                 "" => String::new(),
                 p => format!(" (pid {p}); stop it or point --store-dir elsewhere"),
             };
-            return Err(Error::Locked { path: dir.into(), holder });
+            return Err(Error::Locked {
+                path: dir.into(),
+                holder,
+            });
         }
         return Err(Error::io(&path, e));
     }

@@ -19,9 +19,18 @@ const FORMAT: u8 = 1;
 /// What a directory entry is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
-    File { digest: Digest, size: u64, executable: bool },
-    Dir { digest: Digest, size: u64 },
-    Symlink { target: Vec<u8> },
+    File {
+        digest: Digest,
+        size: u64,
+        executable: bool,
+    },
+    Dir {
+        digest: Digest,
+        size: u64,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
 }
 
 /// One named entry of a directory.
@@ -112,7 +121,11 @@ impl Tree {
             out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
             out.extend_from_slice(&e.name);
             match &e.kind {
-                EntryKind::File { digest, size, executable } => {
+                EntryKind::File {
+                    digest,
+                    size,
+                    executable,
+                } => {
                     out.push(u8::from(*executable));
                     out.extend_from_slice(&size.to_le_bytes());
                     out.extend_from_slice(digest.as_bytes());
@@ -139,7 +152,11 @@ impl Tree {
 
     /// Decodes and validates a canonical encoding; `digest` only labels errors.
     pub fn decode(bytes: &[u8], digest: &Digest) -> Result<Tree> {
-        let bad = |detail: &str| Error::Corrupt { what: "tree", digest: *digest, detail: detail.to_string() };
+        let bad = |detail: &str| Error::Corrupt {
+            what: "tree",
+            digest: *digest,
+            detail: detail.to_string(),
+        };
         let mut r = Reader(bytes);
         if r.u8().ok_or_else(|| bad("empty"))? != FORMAT {
             return Err(bad("unknown tree format"));
@@ -157,23 +174,28 @@ impl Tree {
             if !valid_name(&name) {
                 return Err(bad("invalid entry name"));
             }
-            if let Some(prev) = entries.last() {
-                if prev.name >= name {
-                    return Err(bad("entries not strictly sorted"));
-                }
+            if entries.last().is_some_and(|prev| prev.name >= name) {
+                return Err(bad("entries not strictly sorted"));
             }
             let kind = match r.u8().ok_or_else(trunc)? {
                 tag @ (0..=2) => {
                     let size = r.u64().ok_or_else(trunc)?;
-                    let digest = Digest::from_slice(r.take(32).ok_or_else(trunc)?).ok_or_else(trunc)?;
+                    let digest =
+                        Digest::from_slice(r.take(32).ok_or_else(trunc)?).ok_or_else(trunc)?;
                     match tag {
                         2 => EntryKind::Dir { digest, size },
-                        _ => EntryKind::File { digest, size, executable: tag == 1 },
+                        _ => EntryKind::File {
+                            digest,
+                            size,
+                            executable: tag == 1,
+                        },
                     }
                 }
                 3 => {
                     let len = r.u32().ok_or_else(trunc)? as usize;
-                    EntryKind::Symlink { target: r.take(len).ok_or_else(trunc)?.to_vec() }
+                    EntryKind::Symlink {
+                        target: r.take(len).ok_or_else(trunc)?.to_vec(),
+                    }
                 }
                 _ => return Err(bad("unknown entry tag")),
             };
@@ -201,13 +223,16 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
     fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+        self.take(2)
+            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
     }
 }
 
@@ -223,10 +248,18 @@ mod tests {
     fn entry() -> impl Strategy<Value = Entry> {
         let kind = prop_oneof![
             (any::<[u8; 32]>(), any::<u64>(), any::<bool>()).prop_map(|(d, size, executable)| {
-                EntryKind::File { digest: Digest(d), size, executable }
+                EntryKind::File {
+                    digest: Digest(d),
+                    size,
+                    executable,
+                }
             }),
-            (any::<[u8; 32]>(), any::<u64>()).prop_map(|(d, size)| EntryKind::Dir { digest: Digest(d), size }),
-            proptest::collection::vec(any::<u8>(), 0..50).prop_map(|target| EntryKind::Symlink { target }),
+            (any::<[u8; 32]>(), any::<u64>()).prop_map(|(d, size)| EntryKind::Dir {
+                digest: Digest(d),
+                size
+            }),
+            proptest::collection::vec(any::<u8>(), 0..50)
+                .prop_map(|target| EntryKind::Symlink { target }),
         ];
         (name(), kind).prop_map(|(name, kind)| Entry { name, kind })
     }
@@ -269,7 +302,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_names_and_duplicates() {
-        let f = |n: &[u8]| Entry { name: n.to_vec(), kind: EntryKind::Symlink { target: vec![] } };
+        let f = |n: &[u8]| Entry {
+            name: n.to_vec(),
+            kind: EntryKind::Symlink { target: vec![] },
+        };
         assert!(Tree::new(vec![f(b"a/b")]).is_err());
         assert!(Tree::new(vec![f(b"..")]).is_err());
         assert!(Tree::new(vec![f(b"")]).is_err());
