@@ -56,6 +56,7 @@ enum Node {
 
 struct FileJob {
     path: PathBuf,
+    size: u64,
 }
 
 struct FileOut {
@@ -101,7 +102,10 @@ fn walk(path: &Path, jobs: &mut Vec<FileJob>, report: &mut IngestReport) -> Resu
             walk(&p, jobs, report)?
         } else if ft.is_file() {
             report.files += 1;
-            jobs.push(FileJob { path: p });
+            jobs.push(FileJob {
+                path: p,
+                size: meta.len(),
+            });
             Node::File {
                 job: jobs.len() - 1,
                 executable: meta.mode() & 0o111 != 0,
@@ -124,6 +128,9 @@ fn walk(path: &Path, jobs: &mut Vec<FileJob>, report: &mut IngestReport) -> Resu
 struct Run<'a> {
     store: &'a Store,
     jobs: &'a [FileJob],
+    /// Job indexes, largest file first: a big file started last would leave one reader
+    /// working alone at the end while the other cores wait.
+    order: Vec<usize>,
     next_job: AtomicUsize,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
@@ -143,8 +150,10 @@ impl Run<'_> {
     /// Reader stage: takes files off the job list until it is empty or the run failed.
     fn read_files(&self, tx: &crossbeam_channel::Sender<NewChunk>) {
         while !self.failed.load(Ordering::SeqCst) {
-            let i = self.next_job.fetch_add(1, Ordering::SeqCst);
-            let Some(job) = self.jobs.get(i) else { return };
+            let Some(&i) = self.order.get(self.next_job.fetch_add(1, Ordering::SeqCst)) else {
+                return;
+            };
+            let job = &self.jobs[i];
             match self.read_file(&job.path, tx) {
                 Ok(out) => self.outputs.lock().unwrap()[i] = Some(out),
                 Err(e) => return self.fail(e),
@@ -222,12 +231,17 @@ impl Store {
                 source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
+        let t0 = std::time::Instant::now();
         let mut report = IngestReport::default();
         let mut jobs = Vec::new();
         let root_node = walk(src, &mut jobs, &mut report)?;
+        tracing::debug!(files = jobs.len(), elapsed = ?t0.elapsed(), "walked");
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].size));
         let run = Run {
             store: self,
             jobs: &jobs,
+            order,
             next_job: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -271,6 +285,7 @@ impl Store {
             drop(enc_tx);
             self.write_packs(enc_rx, &mut batch, &mut report)
         });
+        tracing::debug!(elapsed = ?t0.elapsed(), "data written");
         // A writer error (a full disk, say) is the cause; the readers' errors are then only
         // "cancelled", so it is reported first.
         let written = written?;
@@ -303,12 +318,13 @@ impl Store {
             }
         };
         finish(&root, &mut batch);
+        tracing::debug!(ops = batch.len(), elapsed = ?t0.elapsed(), "committing");
         if let Err(e) = self.commit(batch) {
             self.discard_packs(&written);
             return Err(e);
         }
         report.root = root;
-        tracing::debug!(?report, "ingest committed");
+        tracing::debug!(?report, elapsed = ?t0.elapsed(), "ingest committed");
         Ok(report)
     }
 
