@@ -32,5 +32,5 @@ pub use error::{Error, Result};
 pub use ingest::IngestReport;
 pub use ops::{Problem, Stats, VerifyReport};
 pub use records::{ChunkRef, FileRecord};
-pub use store::{Options, Root, Store};
+pub use store::{CacheStats, Options, Root, Store};
 pub use tree::{Entry, EntryKind, Tree};

@@ -7,12 +7,13 @@
 //! <dir>/packs/           append-only pack files of compressed chunks
 //! ```
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::cache::{ChunkCache, MetaCache};
 use crate::digest::Digest;
@@ -55,7 +56,26 @@ pub struct Store {
     chunks: ChunkCache,
     trees: MetaCache<Tree>,
     files: MetaCache<FileRecord>,
+    inflight: Mutex<HashMap<Digest, Arc<OnceLock<SharedResult>>>>,
+    counters: Counters,
     _lock: File,
+}
+
+type SharedResult = std::result::Result<Arc<Vec<u8>>, Arc<Error>>;
+
+#[derive(Default)]
+struct Counters {
+    chunk_hits: AtomicU64,
+    chunk_misses: AtomicU64,
+}
+
+/// Memory-cache counters of an open store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub chunk_cache_bytes: u64,
+    pub chunk_cache_budget: u64,
+    pub chunk_hits: u64,
+    pub chunk_misses: u64,
 }
 
 /// A named root: a name pinned to a tree.
@@ -114,6 +134,8 @@ impl Store {
             chunks: ChunkCache::new(opts.chunk_cache_bytes),
             trees: MetaCache::new(16384),
             files: MetaCache::new(16384),
+            inflight: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
             opts,
             _lock: lock,
         };
@@ -187,6 +209,20 @@ impl Store {
         b.delete(Cf::Roots, name.as_bytes());
         self.index.commit(b)?;
         Ok(true)
+    }
+
+    /// Whether some root points at `digest` (what the mount shows at its top level).
+    pub fn has_root(&self, digest: &Digest) -> Result<bool> {
+        // Roots added without a name are keyed by their digest: the common case is one lookup.
+        if self
+            .index
+            .get(Cf::Roots, digest.to_hex().as_bytes())?
+            .as_deref()
+            == Some(digest.as_bytes())
+        {
+            return Ok(true);
+        }
+        Ok(self.roots()?.iter().any(|r| r.digest == *digest))
     }
 
     /// Resolves a root name or a tree digest (hex) to a stored tree digest.
@@ -303,14 +339,74 @@ impl Store {
         Locator::decode(&v, id)
     }
 
-    /// Returns a chunk's verified bytes, from the memory cache or the packs.
+    /// Returns a chunk's verified bytes, from the memory cache or the packs. Concurrent callers
+    /// wanting the same uncached chunk share one fetch.
     pub fn chunk(&self, id: &Digest) -> Result<Arc<Vec<u8>>> {
-        if let Some(c) = self.chunks.get(id) {
+        if let Some(c) = self.chunk_cached(id) {
             return Ok(c);
         }
-        let data = Arc::new(self.packs.read_chunk(id, &self.locator(id)?)?);
-        self.chunks.insert(*id, data.clone());
-        Ok(data)
+        self.counters.chunk_misses.fetch_add(1, Ordering::Relaxed);
+        let cell = self
+            .inflight
+            .lock()
+            .unwrap()
+            .entry(*id)
+            .or_default()
+            .clone();
+        let mut fetched_here = false;
+        let result = cell
+            .get_or_init(|| {
+                fetched_here = true;
+                let r = self
+                    .locator(id)
+                    .and_then(|loc| self.packs.read_chunk(id, &loc));
+                r.map(|data| {
+                    let data = Arc::new(data);
+                    self.chunks.insert(*id, data.clone());
+                    data
+                })
+                .map_err(Arc::new)
+            })
+            .clone();
+        if fetched_here {
+            self.inflight.lock().unwrap().remove(id);
+        }
+        // The error is shared between the waiters; each gets its own copy of the message.
+        result.map_err(|e| match &*e {
+            Error::Corrupt {
+                what,
+                digest,
+                detail,
+            } => Error::Corrupt {
+                what,
+                digest: *digest,
+                detail: detail.clone(),
+            },
+            Error::Missing { what, digest } => Error::Missing {
+                what,
+                digest: *digest,
+            },
+            other => Error::Invalid(other.to_string()),
+        })
+    }
+
+    /// A chunk's bytes if they are in the memory cache (never blocks on I/O).
+    pub fn chunk_cached(&self, id: &Digest) -> Option<Arc<Vec<u8>>> {
+        let c = self.chunks.get(id);
+        if c.is_some() {
+            self.counters.chunk_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        c
+    }
+
+    /// Cache counters and sizes, for `vorpalfs status`.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            chunk_cache_bytes: self.chunks.bytes() as u64,
+            chunk_cache_budget: self.opts.chunk_cache_bytes as u64,
+            chunk_hits: self.counters.chunk_hits.load(Ordering::Relaxed),
+            chunk_misses: self.counters.chunk_misses.load(Ordering::Relaxed),
+        }
     }
 
     /// Reads a chunk from its pack, bypassing the memory cache (for `verify`).

@@ -1,0 +1,513 @@
+//! The thin fuser adapter: kernel requests in, store objects out.
+//!
+//! Metadata requests and reads whose chunks are all in the memory cache are answered on the
+//! FUSE thread that received them. A read that needs a chunk from disk (or, later, the network)
+//! moves its reply into a tokio task, bounded by a semaphore, so FUSE threads never wait on I/O
+//! and a slow fetch does not hold up cached reads. Concurrent readers of one chunk share one
+//! fetch (the store's single-flight).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use vorpalfs_store::{Digest, FileRecord, Store};
+
+use crate::errno::errno;
+use crate::inodes::{Inodes, Kind, ROOT};
+
+/// Store paths never change: the kernel may cache what it learns for as long as it likes.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A digest not (yet) in the store: cached briefly, and invalidated when it is published.
+const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// Every file shows this mtime (like Nix's and Vorpal's stores): contents are named by digest.
+const MTIME: Duration = Duration::from_secs(1);
+/// The extended attribute holding an entry's digest.
+pub const DIGEST_XATTR: &str = "user.vorpalfs.digest";
+
+/// Counters for `vorpalfs status`.
+#[derive(Debug, Default)]
+pub struct FsStats {
+    pub lookups: AtomicU64,
+    pub reads: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub reads_deferred: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub inodes: AtomicU64,
+}
+
+pub(crate) struct StoreFs {
+    store: Arc<Store>,
+    inodes: Arc<Mutex<Inodes>>,
+    rt: tokio::runtime::Handle,
+    slots: Arc<tokio::sync::Semaphore>,
+    stats: Arc<FsStats>,
+}
+
+fn attr(ino: u64, kind: &Kind) -> FileAttr {
+    let (ftype, perm, size, nlink) = match kind {
+        Kind::Root | Kind::Dir { .. } => (FileType::Directory, 0o555, 4096, 2),
+        Kind::File {
+            size, executable, ..
+        } => (
+            FileType::RegularFile,
+            if *executable { 0o555 } else { 0o444 },
+            *size,
+            1,
+        ),
+        Kind::Symlink { target } => (FileType::Symlink, 0o777, target.len() as u64, 1),
+    };
+    let t = UNIX_EPOCH + MTIME;
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: ftype,
+        perm,
+        nlink,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 128 * 1024,
+        flags: 0,
+    }
+}
+
+fn negative_attr() -> FileAttr {
+    let mut a = attr(0, &Kind::Root);
+    a.ino = INodeNo(0);
+    a
+}
+
+fn file_type(kind: &Kind) -> FileType {
+    match kind {
+        Kind::Root | Kind::Dir { .. } => FileType::Directory,
+        Kind::File { .. } => FileType::RegularFile,
+        Kind::Symlink { .. } => FileType::Symlink,
+    }
+}
+
+/// Copies `[offset, offset+len)` of a file out of the memory cache, or `None` if any covering
+/// chunk is not there.
+fn read_cached(store: &Store, file: &FileRecord, offset: u64, len: usize) -> Option<Vec<u8>> {
+    if offset >= file.size {
+        return Some(Vec::new());
+    }
+    let want = len.min((file.size - offset) as usize);
+    let mut out = Vec::with_capacity(want);
+    let mut i = file.chunk_at(offset);
+    while out.len() < want {
+        let c = &file.chunks[i];
+        let data = store.chunk_cached(&c.id)?;
+        if data.len() != c.len as usize {
+            return None; // let the slow path report it
+        }
+        let start = (offset + out.len() as u64 - c.offset) as usize;
+        let n = (data.len() - start).min(want - out.len());
+        out.extend_from_slice(&data[start..start + n]);
+        i += 1;
+    }
+    Some(out)
+}
+
+impl StoreFs {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        rt: tokio::runtime::Handle,
+        max_inflight: usize,
+        stats: Arc<FsStats>,
+    ) -> Self {
+        StoreFs {
+            store,
+            inodes: Arc::new(Mutex::new(Inodes::default())),
+            rt,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_inflight.max(1))),
+            stats,
+        }
+    }
+
+    fn kind(&self, ino: INodeNo) -> Option<Kind> {
+        self.inodes
+            .lock()
+            .unwrap()
+            .get(u64::from(ino))
+            .map(|n| n.kind.clone())
+    }
+
+    /// The child `name` of directory `parent`, as a store object; `Ok(None)` if there is none.
+    fn child(&self, parent: &Kind, name: &[u8]) -> vorpalfs_store::Result<Option<Kind>> {
+        match parent {
+            Kind::Root => {
+                let Some(digest) = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|s| s.parse::<Digest>().ok())
+                else {
+                    return Ok(None);
+                };
+                if !self.store.has_root(&digest)? {
+                    return Ok(None);
+                }
+                let size = self.store.tree(&digest)?.size();
+                Ok(Some(Kind::Dir { digest, size }))
+            }
+            Kind::Dir { digest, .. } => Ok(self
+                .store
+                .tree(digest)?
+                .get(name)
+                .map(|e| Kind::from_entry(&e.kind))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The entries of a directory, in order, without `.` and `..`.
+    fn children(&self, kind: &Kind) -> vorpalfs_store::Result<Vec<(Vec<u8>, Kind)>> {
+        match kind {
+            Kind::Root => {
+                let mut digests: Vec<Digest> =
+                    self.store.roots()?.into_iter().map(|r| r.digest).collect();
+                digests.sort();
+                digests.dedup();
+                digests
+                    .into_iter()
+                    .map(|d| {
+                        Ok((
+                            d.to_hex().into_bytes(),
+                            Kind::Dir {
+                                digest: d,
+                                size: self.store.tree(&d)?.size(),
+                            },
+                        ))
+                    })
+                    .collect()
+            }
+            Kind::Dir { digest, .. } => Ok(self
+                .store
+                .tree(digest)?
+                .entries()
+                .iter()
+                .map(|e| (e.name.clone(), Kind::from_entry(&e.kind)))
+                .collect()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn fail(&self, ino: u64, what: &str, e: &vorpalfs_store::Error) -> Errno {
+        let (artifact, path) = self.inodes.lock().unwrap().describe(ino);
+        tracing::error!(artifact = %artifact, path = %path, "{what} failed: {e}");
+        errno(e)
+    }
+
+    fn xattr_value(&self, ino: INodeNo) -> Option<String> {
+        match self.kind(ino)? {
+            Kind::Dir { digest, .. } | Kind::File { digest, .. } => Some(digest.to_hex()),
+            Kind::Root | Kind::Symlink { .. } => None,
+        }
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+impl Filesystem for StoreFs {
+    fn init(&mut self, _req: &Request, cfg: &mut KernelConfig) -> std::io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if cfg.add_capabilities(cap).is_err() {
+                tracing::debug!(?cap, "kernel lacks capability");
+            }
+        }
+        // Larger requests mean fewer round trips per chunk (measured in scripts/bench/read.sh).
+        if let Err(max) = cfg.set_max_readahead(1 << 20) {
+            let _ = cfg.set_max_readahead(max);
+        }
+        let _ = cfg.set_max_write(1 << 20);
+        let _ = cfg.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        let Some(pk) = self.kind(parent) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.child(&pk, name.as_bytes()) {
+            Ok(Some(kind)) => {
+                let mut inodes = self.inodes.lock().unwrap();
+                let ino = inodes.remember(u64::from(parent), name.as_bytes(), kind.clone());
+                self.stats
+                    .inodes
+                    .store(inodes.len() as u64, Ordering::Relaxed);
+                drop(inodes);
+                reply.entry(&TTL, &attr(ino, &kind), Generation(0));
+            }
+            // A negative entry: only the top level can change (when a root is published).
+            Ok(None) => reply.entry(
+                if pk == Kind::Root {
+                    &NEGATIVE_TTL
+                } else {
+                    &TTL
+                },
+                &negative_attr(),
+                Generation(0),
+            ),
+            Err(e) => reply.error(self.fail(u64::from(parent), "lookup", &e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let mut inodes = self.inodes.lock().unwrap();
+        inodes.forget(u64::from(ino), nlookup);
+        self.stats
+            .inodes
+            .store(inodes.len() as u64, Ordering::Relaxed);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.kind(ino) {
+            Some(k) => reply.attr(&TTL, &attr(u64::from(ino), &k)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.kind(ino) {
+            Some(Kind::Symlink { target }) => reply.data(&target),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.kind(ino) {
+            // Contents never change: keep the page cache across opens.
+            Some(Kind::File { .. }) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Some(_) => reply.error(Errno::EISDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        let Some(Kind::File { digest, .. }) = self.kind(ino) else {
+            return reply.error(Errno::EBADF);
+        };
+        let rec = match self.store.file(&digest) {
+            Ok(r) => r,
+            Err(e) => return reply.error(self.fail(u64::from(ino), "read", &e)),
+        };
+        if let Some(buf) = read_cached(&self.store, &rec, offset, size as usize) {
+            self.stats
+                .read_bytes
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            return reply.data(&buf);
+        }
+        self.stats.reads_deferred.fetch_add(1, Ordering::Relaxed);
+        let (store, slots, stats, inodes) = (
+            self.store.clone(),
+            self.slots.clone(),
+            self.stats.clone(),
+            self.inodes.clone(),
+        );
+        let ino = u64::from(ino);
+        self.rt.spawn(async move {
+            let Ok(_permit) = slots.acquire_owned().await else {
+                return reply.error(Errno::EIO);
+            };
+            let res = tokio::task::spawn_blocking(move || {
+                let want = (size as u64).min(rec.size.saturating_sub(offset)) as usize;
+                let mut buf = vec![0u8; want];
+                store.read_at(&rec, offset, &mut buf).map(|n| {
+                    buf.truncate(n);
+                    buf
+                })
+            })
+            .await;
+            match res {
+                Ok(Ok(buf)) => {
+                    stats
+                        .read_bytes
+                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    reply.data(&buf)
+                }
+                Ok(Err(e)) => {
+                    stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    let (artifact, path) = inodes.lock().unwrap().describe(ino);
+                    tracing::error!(artifact = %artifact, path = %path, "read failed: {e}");
+                    reply.error(errno(&e))
+                }
+                Err(_) => reply.error(Errno::EIO),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.kind(ino) {
+            // The top level gains entries as roots are published; trees never change.
+            Some(Kind::Root) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Some(Kind::Dir { .. }) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(kind) = self.kind(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let children = match self.children(&kind) {
+            Ok(c) => c,
+            Err(e) => return reply.error(self.fail(u64::from(ino), "readdir", &e)),
+        };
+        let inodes = self.inodes.lock().unwrap();
+        let me = u64::from(ino);
+        let parent = inodes.get(me).map_or(ROOT, |n| n.parent);
+        let dots = [
+            (me, FileType::Directory, b".".to_vec()),
+            (parent, FileType::Directory, b"..".to_vec()),
+        ];
+        let all = dots.into_iter().chain(
+            children
+                .iter()
+                .map(|(name, k)| (inodes.ino_for(me, name), file_type(k), name.clone())),
+        );
+        for (i, (child, ft, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, ft, OsStr::from_bytes(&name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(kind) = self.kind(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let children = match self.children(&kind) {
+            Ok(c) => c,
+            Err(e) => return reply.error(self.fail(u64::from(ino), "readdirplus", &e)),
+        };
+        let mut inodes = self.inodes.lock().unwrap();
+        let me = u64::from(ino);
+        let parent = inodes.get(me).map_or(ROOT, |n| n.parent);
+        let parent_kind = inodes.get(parent).map_or(Kind::Root, |n| n.kind.clone());
+        for i in (offset as usize)..children.len() + 2 {
+            let full = match i {
+                // The kernel takes no reference for `.` and `..`.
+                0 => reply.add(INodeNo(me), 1, ".", &TTL, &attr(me, &kind), Generation(0)),
+                1 => reply.add(
+                    INodeNo(parent),
+                    2,
+                    "..",
+                    &TTL,
+                    &attr(parent, &parent_kind),
+                    Generation(0),
+                ),
+                _ => {
+                    let (name, k) = &children[i - 2];
+                    let child = inodes.ino_for(me, name);
+                    let full = reply.add(
+                        INodeNo(child),
+                        i as u64 + 1,
+                        OsStr::from_bytes(name),
+                        &TTL,
+                        &attr(child, k),
+                        Generation(0),
+                    );
+                    if !full {
+                        inodes.remember(me, name, k.clone());
+                    }
+                    full
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        self.stats
+            .inodes
+            .store(inodes.len() as u64, Ordering::Relaxed);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let bytes: u64 = self
+            .store
+            .packs()
+            .map(|p| p.iter().map(|(_, i)| i.size).sum())
+            .unwrap_or(0);
+        reply.statfs(bytes.div_ceil(4096), 0, 0, 0, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.xattr_value(ino) {
+            Some(v) if name.as_bytes() == DIGEST_XATTR.as_bytes() => {
+                reply_xattr(reply, size, v.as_bytes())
+            }
+            _ => reply.error(Errno::ENODATA),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let list = match self.xattr_value(ino) {
+            Some(_) => format!("{DIGEST_XATTR}\0"),
+            None => String::new(),
+        };
+        reply_xattr(reply, size, list.as_bytes());
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.kind(ino) {
+            Some(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Some(_) => reply.ok(),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+}
