@@ -14,15 +14,10 @@ fn chunking(c: &mut Criterion) {
     let mut g = c.benchmark_group("fastcdc");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10);
-    for (min, avg, max) in [
-        (16 << 10, 64 << 10, 256 << 10),
-        (256 << 10, 1 << 20, 4 << 20),
-    ] {
-        g.bench_with_input(
-            BenchmarkId::from_parameter(format!("avg{}KiB", avg >> 10)),
-            &data,
-            |b, d| b.iter(|| fastcdc::v2020::FastCDC::new(d, min, avg, max).count()),
-        );
+    for (min, avg, max) in [(16 << 10, 64 << 10, 256 << 10), (256 << 10, 1 << 20, 4 << 20)] {
+        g.bench_with_input(BenchmarkId::from_parameter(format!("avg{}KiB", avg >> 10)), &data, |b, d| {
+            b.iter(|| fastcdc::v2020::FastCDC::new(d, min, avg, max).count())
+        });
     }
     g.finish();
 }
@@ -49,34 +44,16 @@ fn compression(c: &mut Criterion) {
     g.sample_size(10);
     for level in [1, 3] {
         let mut z = zstd::bulk::Compressor::new(level).unwrap();
-        let sizes: usize = data
-            .chunks(1 << 20)
-            .map(|c| z.compress(c).unwrap().len())
-            .sum();
-        eprintln!(
-            "zstd level {level}: ratio {:.2} on 1 MiB chunks",
-            data.len() as f64 / sizes as f64
-        );
+        let sizes: usize = data.chunks(1 << 20).map(|c| z.compress(c).unwrap().len()).sum();
+        eprintln!("zstd level {level}: ratio {:.2} on 1 MiB chunks", data.len() as f64 / sizes as f64);
         g.bench_with_input(BenchmarkId::new("compress", level), &data, |b, d| {
-            b.iter(|| {
-                d.chunks(1 << 20)
-                    .map(|c| z.compress(c).unwrap().len())
-                    .sum::<usize>()
-            })
+            b.iter(|| d.chunks(1 << 20).map(|c| z.compress(c).unwrap().len()).sum::<usize>())
         });
     }
     let mut z = zstd::bulk::Compressor::new(3).unwrap();
-    let compressed: Vec<(Vec<u8>, usize)> = data
-        .chunks(1 << 20)
-        .map(|c| (z.compress(c).unwrap(), c.len()))
-        .collect();
+    let compressed: Vec<(Vec<u8>, usize)> = data.chunks(1 << 20).map(|c| (z.compress(c).unwrap(), c.len())).collect();
     g.bench_function("decompress", |b| {
-        b.iter(|| {
-            compressed
-                .iter()
-                .map(|(c, n)| zstd::bulk::decompress(c, *n).unwrap().len())
-                .sum::<usize>()
-        })
+        b.iter(|| compressed.iter().map(|(c, n)| zstd::bulk::decompress(c, *n).unwrap().len()).sum::<usize>())
     });
     g.finish();
 }

@@ -17,11 +17,7 @@ pub fn vorpalfs_bin() -> PathBuf {
     }
     // target/<profile>/deps/<test-binary> → target/<profile>/vorpalfs
     let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("vorpalfs"))
-        .expect("target dir");
+    let bin = exe.parent().and_then(Path::parent).map(|p| p.join("vorpalfs")).expect("target dir");
     assert!(
         bin.exists(),
         "{} not found: build it first (`cargo build --release -p vorpalfs`, as scripts/test.sh does)",
@@ -49,29 +45,16 @@ impl Run {
     /// Asserts success and returns stdout.
     #[track_caller]
     pub fn ok(&self) -> &str {
-        assert!(
-            self.status.success(),
-            "vorpalfs failed: {}\nstderr:\n{}",
-            self.status,
-            self.stderr
-        );
+        assert!(self.status.success(), "vorpalfs failed: {}\nstderr:\n{}", self.status, self.stderr);
         &self.stdout
     }
 
     /// Asserts failure with a message on stderr containing every one of `needles`.
     #[track_caller]
     pub fn fails_with(&self, needles: &[&str]) {
-        assert!(
-            !self.status.success(),
-            "expected failure, got success\nstdout:\n{}",
-            self.stdout
-        );
+        assert!(!self.status.success(), "expected failure, got success\nstdout:\n{}", self.stdout);
         for n in needles {
-            assert!(
-                self.stderr.contains(n),
-                "stderr lacks {n:?}:\n{}",
-                self.stderr
-            );
+            assert!(self.stderr.contains(n), "stderr lacks {n:?}:\n{}", self.stderr);
         }
     }
 }
@@ -89,10 +72,7 @@ impl From<Output> for Run {
 
 impl Env {
     pub fn new() -> Env {
-        let tmp = tempfile::Builder::new()
-            .prefix("vorpalfs-test")
-            .tempdir()
-            .expect("tempdir");
+        let tmp = tempfile::Builder::new().prefix("vorpalfs-test").tempdir().expect("tempdir");
         let store = tmp.path().join("store");
         Env { tmp, store }
     }
@@ -108,9 +88,7 @@ impl Env {
         S: AsRef<OsStr>,
     {
         let mut c = Command::new(vorpalfs_bin());
-        c.env("VORPALFS_STORE_DIR", &self.store)
-            .env_remove("RUST_LOG")
-            .args(args);
+        c.env("VORPALFS_STORE_DIR", &self.store).env_remove("RUST_LOG").args(args);
         c
     }
 
@@ -134,12 +112,7 @@ impl Env {
     /// `store add --json DIR`, parsed.
     #[track_caller]
     pub fn add_json(&self, dir: &Path) -> serde_json::Value {
-        let r = self.run([
-            OsStr::new("--json"),
-            OsStr::new("store"),
-            OsStr::new("add"),
-            dir.as_os_str(),
-        ]);
+        let r = self.run([OsStr::new("--json"), OsStr::new("store"), OsStr::new("add"), dir.as_os_str()]);
         serde_json::from_str(r.ok()).expect("--json output is JSON")
     }
 }
@@ -178,36 +151,16 @@ pub fn chmod(path: &Path, mode: u32) {
 /// Runs a shell command, asserting success; returns stdout.
 #[track_caller]
 pub fn sh(script: &str) -> String {
-    let o = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("bash");
-    assert!(
-        o.status.success(),
-        "`{script}` failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = Command::new("bash").arg("-c").arg(script).output().expect("bash");
+    assert!(o.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// `diff -r --no-dereference A B` is empty, and modes and symlink targets agree too.
 #[track_caller]
 pub fn assert_same_tree(a: &Path, b: &Path) {
-    let o = Command::new("diff")
-        .arg("-r")
-        .arg("--no-dereference")
-        .arg(a)
-        .arg(b)
-        .output()
-        .expect("diff");
-    assert!(
-        o.status.success(),
-        "diff -r {} {}:\n{}",
-        a.display(),
-        b.display(),
-        String::from_utf8_lossy(&o.stdout)
-    );
+    let o = Command::new("diff").arg("-r").arg("--no-dereference").arg(a).arg(b).output().expect("diff");
+    assert!(o.status.success(), "diff -r {} {}:\n{}", a.display(), b.display(), String::from_utf8_lossy(&o.stdout));
     // diff ignores modes and empty directories; compare a listing of type, exec bit and size.
     assert_eq!(listing(a), listing(b), "type/mode listing differs");
 }
@@ -216,10 +169,7 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 /// Directory sizes are filesystem-specific and left out.
 pub fn listing(root: &Path) -> Vec<String> {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<String>) {
-        let mut names: Vec<_> = fs::read_dir(root.join(rel))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(root.join(rel)).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         for name in names {
             let rel = rel.join(&name);
@@ -231,11 +181,7 @@ pub fn listing(root: &Path) -> Vec<String> {
             } else if meta.is_symlink() {
                 format!("{rel:?} symlink -> {:?}", fs::read_link(&p).unwrap())
             } else {
-                format!(
-                    "{rel:?} file size={} exec={}",
-                    meta.len(),
-                    meta.permissions().mode() & 0o111 != 0
-                )
+                format!("{rel:?} file size={} exec={}", meta.len(), meta.permissions().mode() & 0o111 != 0)
             };
             out.push(line);
         }

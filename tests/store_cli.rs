@@ -30,17 +30,11 @@ fn odd_tree(root: &Path) {
     symlink("a/b", root.join("dir-link")).unwrap();
     write(&root.join("sp ace"), b"space");
     write(&root.join("new\nline"), b"newline");
-    write(
-        &root.join(OsStr::from_bytes(b"bytes-\xff\xfe")),
-        b"invalid utf-8 name",
-    );
+    write(&root.join(OsStr::from_bytes(b"bytes-\xff\xfe")), b"invalid utf-8 name");
     write(&root.join("ünïcødé"), b"unicode");
     write(&root.join("-dash"), b"dash");
     write(&root.join("random.bin"), &random_bytes(10 << 20, 1));
-    write(
-        &root.join("text.txt"),
-        "the same line again\n".repeat(100_000).as_bytes(),
-    );
+    write(&root.join("text.txt"), "the same line again\n".repeat(100_000).as_bytes());
 }
 
 #[test]
@@ -54,24 +48,18 @@ fn round_trip_is_bit_exact_including_a_sparse_file_over_1gib() {
     f.set_len(1_100 << 20).unwrap();
     use std::os::unix::fs::FileExt;
     for (i, off) in [0u64, 300 << 20, 1_099 << 20].iter().enumerate() {
-        f.write_all_at(&random_bytes(100_000, i as u64 + 10), *off)
-            .unwrap();
+        f.write_all_at(&random_bytes(100_000, i as u64 + 10), *off).unwrap();
     }
     drop(f);
 
     let digest = env.add(&src);
     let out = env.path("out");
-    env.run(store_args(&["export", &digest, out.to_str().unwrap()]))
-        .ok();
+    env.run(store_args(&["export", &digest, out.to_str().unwrap()])).ok();
     assert_same_tree(&src, &out);
     // Runs of zeros come back as holes, not 1 GiB of written blocks.
     let exported = fs::metadata(out.join("sparse.img")).unwrap();
     assert_eq!(exported.len(), 1_100 << 20);
-    assert!(
-        exported.blocks() * 512 < 64 << 20,
-        "export wrote {} bytes of blocks",
-        exported.blocks() * 512
-    );
+    assert!(exported.blocks() * 512 < 64 << 20, "export wrote {} bytes of blocks", exported.blocks() * 512);
 
     // `store cat` streams exactly the stored bytes.
     let cat = env.run(store_args(&["cat", &format!("{digest}/random.bin")]));
@@ -79,10 +67,8 @@ fn round_trip_is_bit_exact_including_a_sparse_file_over_1gib() {
     assert!(cat.raw_stdout == random_bytes(10 << 20, 1));
     let cat = env.run(store_args(&["cat", &format!("{digest}/a/b/c/deep.txt")]));
     assert_eq!(cat.ok(), "deep\n");
-    env.run(store_args(&["cat", &format!("{digest}/a/b")]))
-        .fails_with(&["a/b", "directory"]);
-    env.run(store_args(&["cat", &format!("{digest}/nope")]))
-        .fails_with(&["nope", "no such file"]);
+    env.run(store_args(&["cat", &format!("{digest}/a/b")])).fails_with(&["a/b", "directory"]);
+    env.run(store_args(&["cat", &format!("{digest}/nope")])).fails_with(&["nope", "no such file"]);
 
     // The root is listed, and the same content gives the same digest again.
     assert!(env.run(store_args(&["ls"])).ok().contains(&digest));
@@ -98,8 +84,7 @@ fn exporting_into_a_non_empty_directory_is_refused() {
     let digest = env.add(&src);
     let dest = env.path("dest");
     write(&dest.join("precious"), b"keep me");
-    env.run(store_args(&["export", &digest, dest.to_str().unwrap()]))
-        .fails_with(&["dest", "not an empty directory"]);
+    env.run(store_args(&["export", &digest, dest.to_str().unwrap()])).fails_with(&["dest", "not an empty directory"]);
     assert_eq!(fs::read(dest.join("precious")).unwrap(), b"keep me");
 }
 
@@ -108,10 +93,7 @@ fn identical_chunks_are_stored_once_and_an_edit_adds_only_its_chunks() {
     let env = Env::new();
     let src = env.path("src");
     for i in 0..3 {
-        write(
-            &src.join(format!("blob{i}")),
-            &random_bytes(8 << 20, 100 + i),
-        );
+        write(&src.join(format!("blob{i}")), &random_bytes(8 << 20, 100 + i));
     }
     let first = env.add_json(&src);
     let total = first["bytes"].as_u64().unwrap();
@@ -132,10 +114,7 @@ fn identical_chunks_are_stored_once_and_an_edit_adds_only_its_chunks() {
     let new_chunks = edited["new_chunks"].as_u64().unwrap();
     let new_bytes = edited["new_bytes"].as_u64().unwrap();
     assert!((1..=2).contains(&new_chunks), "{new_chunks} new chunks");
-    assert!(
-        new_bytes <= 8 << 20 && new_bytes < total / 3,
-        "{new_bytes} new bytes"
-    );
+    assert!(new_bytes <= 8 << 20 && new_bytes < total / 3, "{new_bytes} new bytes");
 
     // A different tree sharing a file with the first stores nothing for it.
     let other = env.path("other");
@@ -143,17 +122,13 @@ fn identical_chunks_are_stored_once_and_an_edit_adds_only_its_chunks() {
     let o = env.add_json(&other);
     assert_eq!(o["new_chunks"].as_u64().unwrap(), 0);
 
-    let stats: serde_json::Value =
-        serde_json::from_str(env.run(["--json", "store", "stats"]).ok()).unwrap();
+    let stats: serde_json::Value = serde_json::from_str(env.run(["--json", "store", "stats"]).ok()).unwrap();
     assert_eq!(stats["unique_bytes"].as_u64().unwrap(), total + new_bytes);
     assert!(stats["dedup_ratio"].as_f64().unwrap() > 1.5, "{stats}");
 }
 
 fn only_pack(store: &Path) -> PathBuf {
-    let packs: Vec<_> = fs::read_dir(store.join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let packs: Vec<_> = fs::read_dir(store.join("packs")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(packs.len(), 1, "{packs:?}");
     packs[0].clone()
 }
@@ -174,24 +149,15 @@ fn verify_reports_a_corrupted_chunk_by_digest_and_path_and_reads_refuse_it() {
 
     let v = env.run(store_args(&["verify"]));
     assert!(!v.status.success(), "verify must fail on corruption");
-    assert!(
-        v.stdout.contains("CORRUPT") && v.stdout.contains("dir/victim.bin"),
-        "{}",
-        v.stdout
-    );
-    assert!(
-        v.stdout.contains(&digest) || v.stdout.split_whitespace().any(|w| w.len() == 64),
-        "{}",
-        v.stdout
-    );
+    assert!(v.stdout.contains("CORRUPT") && v.stdout.contains("dir/victim.bin"), "{}", v.stdout);
+    assert!(v.stdout.contains(&digest) || v.stdout.split_whitespace().any(|w| w.len() == 64), "{}", v.stdout);
     assert!(v.stderr.contains("1 problems"), "{}", v.stderr);
 
     let cat = env.run(store_args(&["cat", &format!("{digest}/dir/victim.bin")]));
     cat.fails_with(&["corrupt chunk"]);
     assert!(cat.raw_stdout.is_empty(), "no wrong bytes may be written");
     let out = env.path("out");
-    env.run(store_args(&["export", &digest, out.to_str().unwrap()]))
-        .fails_with(&["corrupt chunk"]);
+    env.run(store_args(&["export", &digest, out.to_str().unwrap()])).fails_with(&["corrupt chunk"]);
 }
 
 #[test]
@@ -201,24 +167,14 @@ fn bad_source_paths_are_named() {
         .fails_with(&["/nonexistent/vorpalfs/src", "No such file"]);
     let file = env.path("plain-file");
     write(&file, b"x");
-    env.run(store_args(&["add", file.to_str().unwrap()]))
-        .fails_with(&["plain-file", "not a directory"]);
-    env.run(store_args(&[
-        "export",
-        "nosuchroot",
-        env.path("o").to_str().unwrap(),
-    ]))
-    .fails_with(&["nosuchroot"]);
+    env.run(store_args(&["add", file.to_str().unwrap()])).fails_with(&["plain-file", "not a directory"]);
+    env.run(store_args(&["export", "nosuchroot", env.path("o").to_str().unwrap()])).fails_with(&["nosuchroot"]);
 }
 
 #[test]
 fn special_files_are_refused_by_path_and_kind() {
     let env = Env::new();
-    let cases: [(&str, &str); 3] = [
-        ("fifo", "FIFO"),
-        ("sock", "socket"),
-        ("dev", "character device"),
-    ];
+    let cases: [(&str, &str); 3] = [("fifo", "FIFO"), ("sock", "socket"), ("dev", "character device")];
     for (name, kind) in cases {
         let src = env.path(&format!("src-{name}"));
         write(&src.join("ok.txt"), b"fine");
@@ -231,14 +187,9 @@ fn special_files_are_refused_by_path_and_kind() {
             }
             _ => sh(&format!("mknod '{}' c 1 3", p.display())),
         };
-        env.run(store_args(&["add", src.to_str().unwrap()]))
-            .fails_with(&[p.to_str().unwrap(), kind]);
+        env.run(store_args(&["add", src.to_str().unwrap()])).fails_with(&[p.to_str().unwrap(), kind]);
     }
-    assert_eq!(
-        env.run(store_args(&["ls"])).ok(),
-        "",
-        "nothing was recorded"
-    );
+    assert_eq!(env.run(store_args(&["ls"])).ok(), "", "nothing was recorded");
 }
 
 #[test]
@@ -262,8 +213,7 @@ fn an_unreadable_file_is_named_and_nothing_is_recorded() {
             .expect("setpriv")
             .into()
     };
-    as_nobody(&["store", "add", src.to_str().unwrap()])
-        .fails_with(&["secret", "Permission denied"]);
+    as_nobody(&["store", "add", src.to_str().unwrap()]).fails_with(&["secret", "Permission denied"]);
     assert_eq!(as_nobody(&["store", "ls"]).ok(), "");
 }
 
@@ -282,13 +232,9 @@ fn a_file_that_changes_while_read_is_named_and_nothing_is_recorded() {
     let src = env.path("src");
     write(&src.join("stable"), b"ok");
     write(&src.join("moving"), b"");
-    sh(&format!(
-        "mount --bind /proc/version '{}'",
-        src.join("moving").display()
-    ));
+    sh(&format!("mount --bind /proc/version '{}'", src.join("moving").display()));
     let _guard = BindMount(src.join("moving"));
-    env.run(store_args(&["add", src.to_str().unwrap()]))
-        .fails_with(&["moving", "changed while it was being read"]);
+    env.run(store_args(&["add", src.to_str().unwrap()])).fails_with(&["moving", "changed while it was being read"]);
     assert_eq!(env.run(store_args(&["ls"])).ok(), "");
 }
 
@@ -303,10 +249,7 @@ impl Drop for Tmpfs {
 fn a_full_disk_fails_cleanly_and_leaves_the_store_usable() {
     let env = Env::new();
     fs::create_dir_all(&env.store).unwrap();
-    sh(&format!(
-        "mount -t tmpfs -o size=24m vorpalfs-test '{}'",
-        env.store.display()
-    ));
+    sh(&format!("mount -t tmpfs -o size=24m vorpalfs-test '{}'", env.store.display()));
     let _guard = Tmpfs(env.store.clone());
     let small = env.path("small");
     write(&small.join("f"), b"small and fine");
@@ -316,8 +259,7 @@ fn a_full_disk_fails_cleanly_and_leaves_the_store_usable() {
     for i in 0..5 {
         write(&big.join(format!("r{i}")), &random_bytes(8 << 20, 200 + i));
     }
-    env.run(store_args(&["add", big.to_str().unwrap()]))
-        .fails_with(&["disk is full", "nothing was committed"]);
+    env.run(store_args(&["add", big.to_str().unwrap()])).fails_with(&["disk is full", "nothing was committed"]);
 
     // The earlier root is intact, no partial pack is left, and the store still works.
     let ls = env.run(store_args(&["ls"]));
@@ -327,8 +269,7 @@ fn a_full_disk_fails_cleanly_and_leaves_the_store_usable() {
     let packs = fs::read_dir(env.store.join("packs")).unwrap().count();
     assert_eq!(packs, 1, "only the first ingest's pack remains");
     let out = env.path("out");
-    env.run(store_args(&["export", &kept, out.to_str().unwrap()]))
-        .ok();
+    env.run(store_args(&["export", &kept, out.to_str().unwrap()])).ok();
     assert_same_tree(&small, &out);
 }
 
@@ -336,39 +277,21 @@ fn a_full_disk_fails_cleanly_and_leaves_the_store_usable() {
 fn a_directory_that_is_not_a_store_is_refused() {
     let env = Env::new();
     write(&env.store.join("somebody-elses-file"), b"data");
-    env.run(store_args(&["ls"]))
-        .fails_with(&["not a vorpalfs store", env.store.to_str().unwrap()]);
-    assert_eq!(
-        fs::read(env.store.join("somebody-elses-file")).unwrap(),
-        b"data"
-    );
-    assert_eq!(
-        fs::read_dir(&env.store).unwrap().count(),
-        1,
-        "nothing was written into it"
-    );
+    env.run(store_args(&["ls"])).fails_with(&["not a vorpalfs store", env.store.to_str().unwrap()]);
+    assert_eq!(fs::read(env.store.join("somebody-elses-file")).unwrap(), b"data");
+    assert_eq!(fs::read_dir(&env.store).unwrap().count(), 1, "nothing was written into it");
 }
 
 #[test]
 fn a_second_process_is_told_who_holds_the_store() {
     let env = Env::new();
     env.run(store_args(&["ls"])).ok();
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(env.store.join("lock"))
-        .unwrap();
+    let lock = fs::OpenOptions::new().read(true).write(true).open(env.store.join("lock")).unwrap();
     use std::os::unix::io::AsRawFd;
     // SAFETY: flock on a descriptor this test owns.
-    assert_eq!(
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
     fs::write(env.store.join("lock"), format!("{}\n", std::process::id())).unwrap();
-    env.run(store_args(&["ls"])).fails_with(&[
-        "in use by another process",
-        &format!("pid {}", std::process::id()),
-    ]);
+    env.run(store_args(&["ls"])).fails_with(&["in use by another process", &format!("pid {}", std::process::id())]);
     drop(lock);
     env.run(store_args(&["ls"])).ok();
 }
@@ -378,15 +301,9 @@ fn a_killed_ingest_leaves_no_root_and_no_dangling_index_entries() {
     let env = Env::new();
     let src = env.path("src");
     for i in 0..24 {
-        write(
-            &src.join(format!("r{i:02}")),
-            &random_bytes(8 << 20, 300 + i),
-        );
+        write(&src.join(format!("r{i:02}")), &random_bytes(8 << 20, 300 + i));
     }
-    let mut child = env
-        .cmd(["store", "add", src.to_str().unwrap()])
-        .spawn()
-        .unwrap();
+    let mut child = env.cmd(["store", "add", src.to_str().unwrap()]).spawn().unwrap();
     let packs = env.store.join("packs");
     let t = Instant::now();
     loop {
@@ -398,28 +315,16 @@ fn a_killed_ingest_leaves_no_root_and_no_dangling_index_entries() {
     }
     child.kill().unwrap();
     let status = child.wait().unwrap();
-    assert!(
-        !status.success(),
-        "the ingest was to be killed mid-way; it finished first"
-    );
+    assert!(!status.success(), "the ingest was to be killed mid-way; it finished first");
 
     assert_eq!(env.run(store_args(&["ls"])).ok(), "", "no root is visible");
-    assert_eq!(
-        fs::read_dir(&packs).unwrap().count(),
-        0,
-        "the unnamed pack was removed at open"
-    );
+    assert_eq!(fs::read_dir(&packs).unwrap().count(), 0, "the unnamed pack was removed at open");
     env.run(store_args(&["verify"])).ok();
-    let stats: serde_json::Value =
-        serde_json::from_str(env.run(["--json", "store", "stats"]).ok()).unwrap();
-    assert_eq!(
-        stats["chunks"], 0,
-        "no locator points into the removed pack: {stats}"
-    );
+    let stats: serde_json::Value = serde_json::from_str(env.run(["--json", "store", "stats"]).ok()).unwrap();
+    assert_eq!(stats["chunks"], 0, "no locator points into the removed pack: {stats}");
 
     let digest = env.add(&src);
     let out = env.path("out");
-    env.run(store_args(&["export", &digest, out.to_str().unwrap()]))
-        .ok();
+    env.run(store_args(&["export", &digest, out.to_str().unwrap()])).ok();
     assert_same_tree(&src, &out);
 }

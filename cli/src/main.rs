@@ -1,20 +1,31 @@
 //! The `vorpalfs` command.
 //!
 //! ```text
-//! main.rs      clap definitions, logging, error → exit code
+//! main.rs      clap definitions, logging, dispatch, error → exit code
 //! settings.rs  flags + environment + defaults resolved once, before any work
-//! store_cmd.rs `vorpalfs store …`
+//! store_cmd.rs `vorpalfs store …`, run against an open store through a Ctx
+//! daemon.rs    `vorpalfs mount`: owns the store, serves FUSE and a control socket
+//! client.rs    forwarding commands to a running daemon; start, stop, status
+//! proto.rs     the control socket's framing
 //! ```
-//! Data (digests, paths, file bytes, `--json`) goes to stdout; logs and progress to stderr.
-//! `anyhow` lives here only: the libraries return typed errors and this binary prints the chain.
+//! One process owns a store. When a daemon runs, `store` commands are sent to it and run there
+//! (same code, same output); otherwise they open the store themselves. Data (digests, paths, file
+//! bytes, `--json`) goes to stdout; logs and progress to stderr. `anyhow` lives here only: the
+//! libraries return typed errors and this binary prints the chain.
 
+mod client;
+mod daemon;
+mod proto;
 mod settings;
 mod store_cmd;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use vorpalfs_store::Store;
 
 /// A content-addressed artifact store for build outputs.
 #[derive(Parser, Debug)]
@@ -23,6 +34,10 @@ pub struct Cli {
     /// The store directory [default: /var/lib/vorpalfs as root, else $XDG_DATA_HOME/vorpalfs]
     #[arg(long, global = true, env = "VORPALFS_STORE_DIR", value_name = "DIR")]
     store_dir: Option<PathBuf>,
+
+    /// Where the store is mounted.
+    #[arg(long, global = true, env = "VORPALFS_MOUNTPOINT", value_name = "DIR", default_value = "/vorpal/store")]
+    mountpoint: PathBuf,
 
     /// Print data as JSON on stdout.
     #[arg(long, global = true)]
@@ -38,9 +53,27 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Work with the content-addressed store directly.
+    /// Work with the content-addressed store.
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
+    /// Mount the store read-only (default /vorpal/store) and serve it from a daemon.
+    Mount {
+        /// Mountpoint [default: --mountpoint]
+        dir: Option<PathBuf>,
+        /// Serve from this process instead of a background daemon (for systemd and debugging).
+        #[arg(long)]
+        foreground: bool,
+        /// FUSE worker threads [default: 2 per core, 4 to 16].
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Unmount and stop the daemon (or clear a stale mount left by one that died).
+    Umount {
+        /// Mountpoint [default: --mountpoint]
+        dir: Option<PathBuf>,
+    },
+    /// Whether the store is mounted, and the daemon's counters.
+    Status,
 }
 
 fn init_logging(verbose: u8) {
@@ -52,34 +85,119 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Prints an error and its causes, the way every command reports failure.
+pub fn report_error(e: &anyhow::Error, w: &mut dyn Write) {
+    let _ = writeln!(w, "error: {e}");
+    for cause in e.chain().skip(1) {
+        let _ = writeln!(w, "  caused by: {cause}");
+    }
+}
+
+fn run_store_locally(settings: &settings::Settings, cmd: store_cmd::StoreCommand) -> Result<ExitCode> {
+    let store = Store::open(&settings.store_dir)?;
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
+    let mut ctx = store_cmd::Ctx { store: &store, settings, out: &mut out, err: &mut err, root_changed: &|_| {} };
+    let code = store_cmd::run(&mut ctx, cmd)?;
+    out.flush()?;
+    Ok(code)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let settings = settings::Settings::resolve(&cli);
+    match cli.command {
+        Command::Store(cmd) => match client::connect(&settings) {
+            Some(conn) => client::forward(conn, &settings),
+            None => run_store_locally(&settings, cmd),
+        },
+        Command::Mount { dir, foreground, threads } => {
+            let mountpoint = dir.map_or(settings.mountpoint.clone(), |d| settings.abs(&d));
+            if foreground {
+                daemon::run(settings, &mountpoint, threads)?;
+            } else if let Some(conn) = client::connect(&settings) {
+                let st = client::status(conn)?;
+                eprintln!("already mounted by pid {}", st["pid"]);
+                println!("{}", st["mountpoint"].as_str().unwrap_or_default());
+            } else {
+                client::spawn_daemon(&settings, &mountpoint, threads)?;
+                println!("{}", mountpoint.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Umount { dir } => {
+            let mountpoint = dir.map_or(settings.mountpoint.clone(), |d| settings.abs(&d));
+            if let Some(conn) = client::connect(&settings) {
+                client::shutdown(conn, &settings)?;
+                eprintln!("unmounted {}", mountpoint.display());
+            } else if vorpalfs_fs::is_mountpoint(&mountpoint) {
+                vorpalfs_fs::detach(&mountpoint).with_context(|| format!("cannot unmount {}", mountpoint.display()))?;
+                eprintln!("no daemon was running; detached the mount at {}", mountpoint.display());
+            } else {
+                bail!(
+                    "nothing is mounted at {} and no daemon serves {}",
+                    mountpoint.display(),
+                    settings.store_dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let st = match client::connect(&settings) {
+                Some(conn) => client::status(conn)?,
+                None => serde_json::json!({
+                    "mounted": false,
+                    "store": settings.store_dir,
+                    "stale_mount": vorpalfs_fs::is_mountpoint(&settings.mountpoint),
+                }),
+            };
+            if settings.json {
+                println!("{st}");
+            } else if st.get("mounted") == Some(&serde_json::Value::Bool(false)) {
+                println!("not mounted (store {})", settings.store_dir.display());
+                if st["stale_mount"] == true {
+                    println!("a stale mount remains at {}: run `vorpalfs umount`", settings.mountpoint.display());
+                }
+            } else {
+                let c = &st["chunk_cache"];
+                let f = &st["fs"];
+                println!(
+                    "mounted at {} by pid {} (up {}s)",
+                    st["mountpoint"].as_str().unwrap_or("?"),
+                    st["pid"],
+                    st["uptime_seconds"]
+                );
+                println!("store        {}", st["store"].as_str().unwrap_or("?"));
+                println!(
+                    "chunk cache  {} of {} bytes, {} hits, {} misses",
+                    c["bytes"], c["budget"], c["hits"], c["misses"]
+                );
+                println!(
+                    "reads        {} ({} bytes, {} waited for a fetch, {} failed)",
+                    f["reads"], f["read_bytes"], f["reads_deferred"], f["read_errors"]
+                );
+                println!("lookups      {} ({} inodes held)", f["lookups"], f["inodes"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let settings = settings::Settings::resolve(&cli);
-    let result = match cli.command {
-        Command::Store(cmd) => store_cmd::run(&settings, cmd),
-    };
-    match result {
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             // A closed stdout (`vorpalfs store cat … | head`) is not an error worth a message.
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            let broken_pipe = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            report_error(&e, &mut std::io::stderr());
             ExitCode::FAILURE
         }
     }

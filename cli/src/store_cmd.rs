@@ -1,4 +1,7 @@
 //! `vorpalfs store …`: add, ls, cat, export, verify, stats, rm.
+//!
+//! These run against an open [`Store`] through a [`Ctx`], so the same code serves a command run
+//! directly and one the daemon runs on a client's behalf.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde_json::json;
-use vorpalfs_store::{EntryKind, Store};
+use vorpalfs_store::{Digest, EntryKind, Store};
 
 use crate::settings::Settings;
 
@@ -35,33 +38,39 @@ pub enum StoreCommand {
     Rm { name: String },
 }
 
-fn open(s: &Settings) -> Result<Store> {
-    Ok(Store::open(&s.store_dir)?)
+/// What a command runs against: the store, the caller's settings and output streams, and a
+/// hook telling the mount (if any) that a root appeared or went away.
+pub struct Ctx<'a> {
+    pub store: &'a Store,
+    pub settings: &'a Settings,
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    pub root_changed: &'a dyn Fn(&Digest),
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 1.0 } else { a as f64 / b as f64 }
 }
 
-pub fn run(s: &Settings, cmd: StoreCommand) -> Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
+pub fn run(ctx: &mut Ctx<'_>, cmd: StoreCommand) -> Result<ExitCode> {
+    let (store, s) = (ctx.store, ctx.settings);
     match cmd {
         StoreCommand::Add { dir, name } => {
-            let store = open(s)?;
+            let dir = s.abs(&dir);
             let t = Instant::now();
-            let r = store
-                .ingest(&dir, name.as_deref())
-                .with_context(|| format!("cannot add {}", dir.display()))?;
+            let r = store.ingest(&dir, name.as_deref()).with_context(|| format!("cannot add {}", dir.display()))?;
+            (ctx.root_changed)(&r.root);
             let name = name.unwrap_or_else(|| r.root.to_hex());
             let secs = t.elapsed().as_secs_f64();
             if s.json {
                 let v = json!({"digest": r.root.to_hex(), "name": name, "files": r.files, "dirs": r.dirs,
                     "symlinks": r.symlinks, "bytes": r.bytes, "new_chunks": r.new_chunks,
                     "new_bytes": r.new_bytes, "stored_bytes": r.stored_bytes, "seconds": secs});
-                writeln!(out, "{v}")?;
+                writeln!(ctx.out, "{v}")?;
             } else {
-                writeln!(out, "{}", r.root)?;
-                eprintln!(
+                writeln!(ctx.out, "{}", r.root)?;
+                writeln!(
+                    ctx.err,
                     "added {} files, {} dirs, {} symlinks, {} bytes in {secs:.2}s ({:.0} MB/s); new: {} chunks, {} bytes stored as {}",
                     r.files,
                     r.dirs,
@@ -71,121 +80,93 @@ pub fn run(s: &Settings, cmd: StoreCommand) -> Result<ExitCode> {
                     r.new_chunks,
                     r.new_bytes,
                     r.stored_bytes
-                );
+                )?;
             }
         }
         StoreCommand::Ls => {
-            let store = open(s)?;
             for root in store.roots()? {
                 let size = store.tree(&root.digest)?.size();
                 if s.json {
-                    writeln!(
-                        out,
-                        "{}",
-                        json!({"name": root.name, "digest": root.digest.to_hex(), "bytes": size})
-                    )?;
+                    writeln!(ctx.out, "{}", json!({"name": root.name, "digest": root.digest.to_hex(), "bytes": size}))?;
                 } else {
-                    writeln!(out, "{}  {:>14}  {}", root.digest, size, root.name)?;
+                    writeln!(ctx.out, "{}  {:>14}  {}", root.digest, size, root.name)?;
                 }
             }
         }
         StoreCommand::Cat { path } => {
-            let store = open(s)?;
             let (root, inner) = path.split_once('/').unwrap_or((&path, ""));
             let digest = store.resolve(root)?;
             let entry = store.lookup(&digest, inner)?;
             match entry.kind {
                 EntryKind::File { digest: f, .. } => {
-                    let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut *ctx.out);
                     store.write_file_to(&f, &mut w, std::path::Path::new("<stdout>"))?;
                     w.flush()?;
-                    return Ok(ExitCode::SUCCESS);
                 }
                 _ => bail!("{path}: is a {}, not a file", entry.kind_name()),
             }
         }
         StoreCommand::Export { root, dir } => {
-            let store = open(s)?;
+            let dir = s.abs(&dir);
             let digest = store.resolve(&root)?;
             let t = Instant::now();
-            let bytes = store
-                .export(&digest, &dir)
-                .with_context(|| format!("cannot export {root} to {}", dir.display()))?;
-            eprintln!(
-                "exported {bytes} bytes to {} in {:.2}s",
-                dir.display(),
-                t.elapsed().as_secs_f64()
-            );
-            writeln!(out, "{}", dir.display())?;
+            let bytes =
+                store.export(&digest, &dir).with_context(|| format!("cannot export {root} to {}", dir.display()))?;
+            writeln!(ctx.err, "exported {bytes} bytes to {} in {:.2}s", dir.display(), t.elapsed().as_secs_f64())?;
+            writeln!(ctx.out, "{}", dir.display())?;
         }
         StoreCommand::Verify => {
-            let store = open(s)?;
             let r = store.verify()?;
             for p in &r.problems {
                 if s.json {
-                    writeln!(
-                        out,
-                        "{}",
-                        json!({"root": p.root, "path": p.path, "digest": p.digest.to_hex(), "problem": p.detail})
-                    )?;
+                    let v = json!({"root": p.root, "path": p.path, "digest": p.digest.to_hex(), "problem": p.detail});
+                    writeln!(ctx.out, "{v}")?;
                 } else {
-                    writeln!(
-                        out,
-                        "CORRUPT {}  {}/{}: {}",
-                        p.digest, p.root, p.path, p.detail
-                    )?;
+                    writeln!(ctx.out, "CORRUPT {}  {}/{}: {}", p.digest, p.root, p.path, p.detail)?;
                 }
             }
-            eprintln!(
+            writeln!(
+                ctx.err,
                 "verified {} roots, {} trees, {} files, {} bytes: {} problems",
                 r.roots,
                 r.trees,
                 r.files,
                 r.bytes,
                 r.problems.len()
-            );
+            )?;
             if !r.problems.is_empty() {
                 return Ok(ExitCode::FAILURE);
             }
         }
         StoreCommand::Stats => {
-            let st = open(s)?.stats()?;
+            let st = store.stats()?;
             let dedup = ratio(st.logical_bytes, st.unique_bytes);
             let comp = ratio(st.unique_bytes, st.stored_bytes);
             if s.json {
-                writeln!(
-                    out,
-                    "{}",
-                    json!({"roots": st.roots, "trees": st.trees, "files": st.files, "chunks": st.chunks,
+                let v = json!({"roots": st.roots, "trees": st.trees, "files": st.files, "chunks": st.chunks,
                     "packs": st.packs, "logical_bytes": st.logical_bytes, "unique_bytes": st.unique_bytes,
-                    "stored_bytes": st.stored_bytes, "pack_bytes": st.pack_bytes, "dedup_ratio": dedup, "compression_ratio": comp})
-                )?;
+                    "stored_bytes": st.stored_bytes, "pack_bytes": st.pack_bytes, "dedup_ratio": dedup,
+                    "compression_ratio": comp});
+                writeln!(ctx.out, "{v}")?;
             } else {
-                writeln!(out, "roots          {}", st.roots)?;
-                writeln!(out, "trees          {}", st.trees)?;
-                writeln!(out, "files          {}", st.files)?;
-                writeln!(out, "chunks         {}", st.chunks)?;
-                writeln!(
-                    out,
-                    "packs          {}  ({} bytes)",
-                    st.packs, st.pack_bytes
-                )?;
-                writeln!(out, "logical bytes  {}", st.logical_bytes)?;
-                writeln!(
-                    out,
-                    "unique bytes   {}  (dedup ratio {dedup:.2})",
-                    st.unique_bytes
-                )?;
-                writeln!(
-                    out,
-                    "stored bytes   {}  (compression ratio {comp:.2})",
-                    st.stored_bytes
-                )?;
+                let o = &mut *ctx.out;
+                writeln!(o, "roots          {}", st.roots)?;
+                writeln!(o, "trees          {}", st.trees)?;
+                writeln!(o, "files          {}", st.files)?;
+                writeln!(o, "chunks         {}", st.chunks)?;
+                writeln!(o, "packs          {}  ({} bytes)", st.packs, st.pack_bytes)?;
+                writeln!(o, "logical bytes  {}", st.logical_bytes)?;
+                writeln!(o, "unique bytes   {}  (dedup ratio {dedup:.2})", st.unique_bytes)?;
+                writeln!(o, "stored bytes   {}  (compression ratio {comp:.2})", st.stored_bytes)?;
             }
         }
         StoreCommand::Rm { name } => {
-            if !open(s)?.remove_root(&name)? {
+            let digest = store.resolve(&name).ok();
+            if !store.remove_root(&name)? {
                 bail!("no root named {name:?}");
+            }
+            if let Some(d) = digest {
+                (ctx.root_changed)(&d);
             }
         }
     }

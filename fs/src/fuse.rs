@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use vorpalfs_store::{Digest, FileRecord, Store};
 
@@ -53,14 +53,9 @@ pub(crate) struct StoreFs {
 fn attr(ino: u64, kind: &Kind) -> FileAttr {
     let (ftype, perm, size, nlink) = match kind {
         Kind::Root | Kind::Dir { .. } => (FileType::Directory, 0o555, 4096, 2),
-        Kind::File {
-            size, executable, ..
-        } => (
-            FileType::RegularFile,
-            if *executable { 0o555 } else { 0o444 },
-            *size,
-            1,
-        ),
+        Kind::File { size, executable, .. } => {
+            (FileType::RegularFile, if *executable { 0o555 } else { 0o444 }, *size, 1)
+        }
         Kind::Symlink { target } => (FileType::Symlink, 0o777, target.len() as u64, 1),
     };
     let t = UNIX_EPOCH + MTIME;
@@ -121,12 +116,7 @@ fn read_cached(store: &Store, file: &FileRecord, offset: u64, len: usize) -> Opt
 }
 
 impl StoreFs {
-    pub(crate) fn new(
-        store: Arc<Store>,
-        rt: tokio::runtime::Handle,
-        max_inflight: usize,
-        stats: Arc<FsStats>,
-    ) -> Self {
+    pub(crate) fn new(store: Arc<Store>, rt: tokio::runtime::Handle, max_inflight: usize, stats: Arc<FsStats>) -> Self {
         StoreFs {
             store,
             inodes: Arc::new(Mutex::new(Inodes::default())),
@@ -137,21 +127,14 @@ impl StoreFs {
     }
 
     fn kind(&self, ino: INodeNo) -> Option<Kind> {
-        self.inodes
-            .lock()
-            .unwrap()
-            .get(u64::from(ino))
-            .map(|n| n.kind.clone())
+        self.inodes.lock().unwrap().get(u64::from(ino)).map(|n| n.kind.clone())
     }
 
     /// The child `name` of directory `parent`, as a store object; `Ok(None)` if there is none.
     fn child(&self, parent: &Kind, name: &[u8]) -> vorpalfs_store::Result<Option<Kind>> {
         match parent {
             Kind::Root => {
-                let Some(digest) = std::str::from_utf8(name)
-                    .ok()
-                    .and_then(|s| s.parse::<Digest>().ok())
-                else {
+                let Some(digest) = std::str::from_utf8(name).ok().and_then(|s| s.parse::<Digest>().ok()) else {
                     return Ok(None);
                 };
                 if !self.store.has_root(&digest)? {
@@ -160,11 +143,7 @@ impl StoreFs {
                 let size = self.store.tree(&digest)?.size();
                 Ok(Some(Kind::Dir { digest, size }))
             }
-            Kind::Dir { digest, .. } => Ok(self
-                .store
-                .tree(digest)?
-                .get(name)
-                .map(|e| Kind::from_entry(&e.kind))),
+            Kind::Dir { digest, .. } => Ok(self.store.tree(digest)?.get(name).map(|e| Kind::from_entry(&e.kind))),
             _ => Ok(None),
         }
     }
@@ -173,21 +152,12 @@ impl StoreFs {
     fn children(&self, kind: &Kind) -> vorpalfs_store::Result<Vec<(Vec<u8>, Kind)>> {
         match kind {
             Kind::Root => {
-                let mut digests: Vec<Digest> =
-                    self.store.roots()?.into_iter().map(|r| r.digest).collect();
+                let mut digests: Vec<Digest> = self.store.roots()?.into_iter().map(|r| r.digest).collect();
                 digests.sort();
                 digests.dedup();
                 digests
                     .into_iter()
-                    .map(|d| {
-                        Ok((
-                            d.to_hex().into_bytes(),
-                            Kind::Dir {
-                                digest: d,
-                                size: self.store.tree(&d)?.size(),
-                            },
-                        ))
-                    })
+                    .map(|d| Ok((d.to_hex().into_bytes(), Kind::Dir { digest: d, size: self.store.tree(&d)?.size() })))
                     .collect()
             }
             Kind::Dir { digest, .. } => Ok(self
@@ -255,22 +225,14 @@ impl Filesystem for StoreFs {
             Ok(Some(kind)) => {
                 let mut inodes = self.inodes.lock().unwrap();
                 let ino = inodes.remember(u64::from(parent), name.as_bytes(), kind.clone());
-                self.stats
-                    .inodes
-                    .store(inodes.len() as u64, Ordering::Relaxed);
+                self.stats.inodes.store(inodes.len() as u64, Ordering::Relaxed);
                 drop(inodes);
                 reply.entry(&TTL, &attr(ino, &kind), Generation(0));
             }
             // A negative entry: only the top level can change (when a root is published).
-            Ok(None) => reply.entry(
-                if pk == Kind::Root {
-                    &NEGATIVE_TTL
-                } else {
-                    &TTL
-                },
-                &negative_attr(),
-                Generation(0),
-            ),
+            Ok(None) => {
+                reply.entry(if pk == Kind::Root { &NEGATIVE_TTL } else { &TTL }, &negative_attr(), Generation(0))
+            }
             Err(e) => reply.error(self.fail(u64::from(parent), "lookup", &e)),
         }
     }
@@ -278,9 +240,7 @@ impl Filesystem for StoreFs {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let mut inodes = self.inodes.lock().unwrap();
         inodes.forget(u64::from(ino), nlookup);
-        self.stats
-            .inodes
-            .store(inodes.len() as u64, Ordering::Relaxed);
+        self.stats.inodes.store(inodes.len() as u64, Ordering::Relaxed);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -327,18 +287,12 @@ impl Filesystem for StoreFs {
             Err(e) => return reply.error(self.fail(u64::from(ino), "read", &e)),
         };
         if let Some(buf) = read_cached(&self.store, &rec, offset, size as usize) {
-            self.stats
-                .read_bytes
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            self.stats.read_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
             return reply.data(&buf);
         }
         self.stats.reads_deferred.fetch_add(1, Ordering::Relaxed);
-        let (store, slots, stats, inodes) = (
-            self.store.clone(),
-            self.slots.clone(),
-            self.stats.clone(),
-            self.inodes.clone(),
-        );
+        let (store, slots, stats, inodes) =
+            (self.store.clone(), self.slots.clone(), self.stats.clone(), self.inodes.clone());
         let ino = u64::from(ino);
         self.rt.spawn(async move {
             let Ok(_permit) = slots.acquire_owned().await else {
@@ -355,9 +309,7 @@ impl Filesystem for StoreFs {
             .await;
             match res {
                 Ok(Ok(buf)) => {
-                    stats
-                        .read_bytes
-                        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    stats.read_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
                     reply.data(&buf)
                 }
                 Ok(Err(e)) => {
@@ -375,23 +327,15 @@ impl Filesystem for StoreFs {
         match self.kind(ino) {
             // The top level gains entries as roots are published; trees never change.
             Some(Kind::Root) => reply.opened(FileHandle(0), FopenFlags::empty()),
-            Some(Kind::Dir { .. }) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Some(Kind::Dir { .. }) => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Some(_) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let Some(kind) = self.kind(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -402,15 +346,10 @@ impl Filesystem for StoreFs {
         let inodes = self.inodes.lock().unwrap();
         let me = u64::from(ino);
         let parent = inodes.get(me).map_or(ROOT, |n| n.parent);
-        let dots = [
-            (me, FileType::Directory, b".".to_vec()),
-            (parent, FileType::Directory, b"..".to_vec()),
-        ];
-        let all = dots.into_iter().chain(
-            children
-                .iter()
-                .map(|(name, k)| (inodes.ino_for(me, name), file_type(k), name.clone())),
-        );
+        let dots = [(me, FileType::Directory, b".".to_vec()), (parent, FileType::Directory, b"..".to_vec())];
+        let all = dots
+            .into_iter()
+            .chain(children.iter().map(|(name, k)| (inodes.ino_for(me, name), file_type(k), name.clone())));
         for (i, (child, ft, name)) in all.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(child), i as u64 + 1, ft, OsStr::from_bytes(&name)) {
                 break;
@@ -419,14 +358,7 @@ impl Filesystem for StoreFs {
         reply.ok();
     }
 
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let Some(kind) = self.kind(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -442,14 +374,7 @@ impl Filesystem for StoreFs {
             let full = match i {
                 // The kernel takes no reference for `.` and `..`.
                 0 => reply.add(INodeNo(me), 1, ".", &TTL, &attr(me, &kind), Generation(0)),
-                1 => reply.add(
-                    INodeNo(parent),
-                    2,
-                    "..",
-                    &TTL,
-                    &attr(parent, &parent_kind),
-                    Generation(0),
-                ),
+                1 => reply.add(INodeNo(parent), 2, "..", &TTL, &attr(parent, &parent_kind), Generation(0)),
                 _ => {
                     let (name, k) = &children[i - 2];
                     let child = inodes.ino_for(me, name);
@@ -471,26 +396,18 @@ impl Filesystem for StoreFs {
                 break;
             }
         }
-        self.stats
-            .inodes
-            .store(inodes.len() as u64, Ordering::Relaxed);
+        self.stats.inodes.store(inodes.len() as u64, Ordering::Relaxed);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let bytes: u64 = self
-            .store
-            .packs()
-            .map(|p| p.iter().map(|(_, i)| i.size).sum())
-            .unwrap_or(0);
+        let bytes: u64 = self.store.packs().map(|p| p.iter().map(|(_, i)| i.size).sum()).unwrap_or(0);
         reply.statfs(bytes.div_ceil(4096), 0, 0, 0, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.xattr_value(ino) {
-            Some(v) if name.as_bytes() == DIGEST_XATTR.as_bytes() => {
-                reply_xattr(reply, size, v.as_bytes())
-            }
+            Some(v) if name.as_bytes() == DIGEST_XATTR.as_bytes() => reply_xattr(reply, size, v.as_bytes()),
             _ => reply.error(Errno::ENODATA),
         }
     }

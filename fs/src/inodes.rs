@@ -36,22 +36,11 @@ pub enum Kind {
 impl Kind {
     pub fn from_entry(kind: &EntryKind) -> Kind {
         match kind {
-            EntryKind::Dir { digest, size } => Kind::Dir {
-                digest: *digest,
-                size: *size,
-            },
-            EntryKind::File {
-                digest,
-                size,
-                executable,
-            } => Kind::File {
-                digest: *digest,
-                size: *size,
-                executable: *executable,
-            },
-            EntryKind::Symlink { target } => Kind::Symlink {
-                target: target.clone(),
-            },
+            EntryKind::Dir { digest, size } => Kind::Dir { digest: *digest, size: *size },
+            EntryKind::File { digest, size, executable } => {
+                Kind::File { digest: *digest, size: *size, executable: *executable }
+            }
+            EntryKind::Symlink { target } => Kind::Symlink { target: target.clone() },
         }
     }
 }
@@ -72,15 +61,7 @@ pub struct Inodes {
 impl Default for Inodes {
     fn default() -> Self {
         let mut map = HashMap::new();
-        map.insert(
-            ROOT,
-            Node {
-                parent: ROOT,
-                name: Vec::new(),
-                kind: Kind::Root,
-                lookups: 1,
-            },
-        );
+        map.insert(ROOT, Node { parent: ROOT, name: Vec::new(), kind: Kind::Root, lookups: 1 });
         Inodes { map }
     }
 }
@@ -112,15 +93,7 @@ impl Inodes {
     /// Hands out the inode for `(parent, name)`, counting one lookup.
     pub fn remember(&mut self, parent: u64, name: &[u8], kind: Kind) -> u64 {
         let ino = self.ino_for(parent, name);
-        self.map
-            .entry(ino)
-            .or_insert_with(|| Node {
-                parent,
-                name: name.to_vec(),
-                kind,
-                lookups: 0,
-            })
-            .lookups += 1;
+        self.map.entry(ino).or_insert_with(|| Node { parent, name: name.to_vec(), kind, lookups: 0 }).lookups += 1;
         ino
     }
 
@@ -154,11 +127,7 @@ impl Inodes {
             ino = n.parent;
         }
         parts.reverse();
-        let top = if parts.is_empty() {
-            String::new()
-        } else {
-            parts.remove(0)
-        };
+        let top = if parts.is_empty() { String::new() } else { parts.remove(0) };
         (top, parts.join("/"))
     }
 }
@@ -170,9 +139,7 @@ mod tests {
     #[test]
     fn numbers_are_stable_and_freed_on_forget() {
         let mut t = Inodes::default();
-        let k = Kind::Symlink {
-            target: b"x".to_vec(),
-        };
+        let k = Kind::Symlink { target: b"x".to_vec() };
         let a = t.remember(ROOT, b"a", k.clone());
         assert_eq!(t.remember(ROOT, b"a", k.clone()), a);
         assert_ne!(t.remember(ROOT, b"b", k.clone()), a);
@@ -180,25 +147,14 @@ mod tests {
         assert!(t.get(a).is_some(), "one lookup is still held");
         t.forget(a, 1);
         assert!(t.get(a).is_none());
-        assert_eq!(
-            t.remember(ROOT, b"a", k),
-            a,
-            "the same path gets the same number again"
-        );
+        assert_eq!(t.remember(ROOT, b"a", k), a, "the same path gets the same number again");
         assert!(t.get(ROOT).is_some());
     }
 
     #[test]
     fn describe_names_root_and_path() {
         let mut t = Inodes::default();
-        let d = t.remember(
-            ROOT,
-            b"abc",
-            Kind::Dir {
-                digest: Digest([0; 32]),
-                size: 0,
-            },
-        );
+        let d = t.remember(ROOT, b"abc", Kind::Dir { digest: Digest([0; 32]), size: 0 });
         let f = t.remember(d, b"f", Kind::Symlink { target: vec![] });
         assert_eq!(t.describe(f), ("abc".into(), "f".into()));
     }

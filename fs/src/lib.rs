@@ -19,4 +19,4 @@ mod inodes;
 mod mount;
 
 pub use fuse::{DIGEST_XATTR, FsStats};
-pub use mount::{FsError, MountOptions, Mounted, detach, is_mountpoint, mount};
+pub use mount::{FsError, MountHandle, MountOptions, Mounted, detach, is_mountpoint, mount};

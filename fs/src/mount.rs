@@ -14,17 +14,11 @@ use crate::fuse::{FsStats, StoreFs};
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     #[error("mountpoint {}: {source}", path.display())]
-    Mountpoint {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Mountpoint { path: PathBuf, source: std::io::Error },
     #[error("mountpoint {} is already in use by another mount (unmount it or choose another)", path.display())]
     InUse { path: PathBuf },
     #[error("cannot mount at {}: {source} (is /dev/fuse available and are you root?)", path.display())]
-    Mount {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Mount { path: PathBuf, source: std::io::Error },
 }
 
 /// Tunables of a mount.
@@ -39,17 +33,21 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        MountOptions {
-            threads: (2 * cores).clamp(4, 16),
-            max_inflight: 64,
-        }
+        MountOptions { threads: (2 * cores).clamp(4, 16), max_inflight: 64 }
     }
 }
 
 /// A live mount; unmounted by [`Mounted::unmount`] or on drop.
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
-    notifier: fuser::Notifier,
+    handle: MountHandle,
+}
+
+/// What other threads may hold of a mount: its counters, and the means to tell the kernel
+/// that the top level changed.
+#[derive(Clone)]
+pub struct MountHandle {
+    notifier: Arc<fuser::Notifier>,
     mountpoint: PathBuf,
     pub stats: Arc<FsStats>,
 }
@@ -60,11 +58,7 @@ pub fn is_mountpoint(path: &Path) -> bool {
         return false;
     };
     let want = path.as_os_str().as_bytes();
-    info.split(|&b| b == b'\n').any(|line| {
-        line.split(|&b| b == b' ')
-            .nth(4)
-            .is_some_and(|mp| unescape(mp) == want)
-    })
+    info.split(|&b| b == b'\n').any(|line| line.split(|&b| b == b' ').nth(4).is_some_and(|mp| unescape(mp) == want))
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
@@ -72,15 +66,9 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
-        if field[i] == b'\\'
-            && i + 3 < field.len() + 0
-            && field[i + 1..i + 4]
-                .iter()
-                .all(|c| (b'0'..=b'7').contains(c))
+        if field[i] == b'\\' && i + 3 < field.len() + 0 && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            out.push(
-                (field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0'),
-            );
+            out.push((field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0'));
             i += 4;
         } else {
             out.push(field[i]);
@@ -116,20 +104,12 @@ fn prepare(path: &Path) -> Result<(), FsError> {
         }),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             tracing::warn!(mountpoint = %path.display(), "replacing a stale mount left by a daemon that died");
-            detach(path).map_err(|source| FsError::Mountpoint {
-                path: path.into(),
-                source,
-            })
+            detach(path).map_err(|source| FsError::Mountpoint { path: path.into(), source })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path)
-            .map_err(|source| FsError::Mountpoint {
-                path: path.into(),
-                source,
-            }),
-        Err(source) => Err(FsError::Mountpoint {
-            path: path.into(),
-            source,
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path).map_err(|source| FsError::Mountpoint { path: path.into(), source })
+        }
+        Err(source) => Err(FsError::Mountpoint { path: path.into(), source }),
     }
 }
 
@@ -158,39 +138,17 @@ pub fn mount(
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(opts.threads);
     cfg.clone_fd = true;
-    let session = fuser::Session::new(fs, mountpoint, &cfg).map_err(|source| FsError::Mount {
-        path: mountpoint.into(),
-        source,
-    })?;
-    let notifier = session.notifier();
-    let session = session.spawn().map_err(|source| FsError::Mount {
-        path: mountpoint.into(),
-        source,
-    })?;
+    let session = fuser::Session::new(fs, mountpoint, &cfg)
+        .map_err(|source| FsError::Mount { path: mountpoint.into(), source })?;
+    let notifier = Arc::new(session.notifier());
+    let session = session.spawn().map_err(|source| FsError::Mount { path: mountpoint.into(), source })?;
     tracing::info!(mountpoint = %mountpoint.display(), threads = opts.threads, "mounted");
-    Ok(Mounted {
-        session: Some(session),
-        notifier,
-        mountpoint: mountpoint.into(),
-        stats,
-    })
+    Ok(Mounted { session: Some(session), handle: MountHandle { notifier, mountpoint: mountpoint.into(), stats } })
 }
 
 impl Mounted {
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
-    /// Tells the kernel that `digest` now exists at the top level (drops a cached negative entry).
-    pub fn published(&self, digest: &Digest) {
-        let name = digest.to_hex();
-        if let Err(e) = self
-            .notifier
-            .inval_entry(INodeNo(crate::inodes::ROOT), OsStr::new(&name))
-        {
-            // ENOENT: the kernel had nothing cached for the name, which is fine.
-            tracing::trace!(%digest, "inval_entry: {e}");
-        }
+    pub fn handle(&self) -> MountHandle {
+        self.handle.clone()
     }
 
     /// Unmounts and waits for the FUSE threads to finish.
@@ -198,6 +156,22 @@ impl Mounted {
         match self.session.take() {
             Some(s) => s.umount_and_join(),
             None => Ok(()),
+        }
+    }
+}
+
+impl MountHandle {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Tells the kernel that the top-level entry for `digest` changed (appeared or went away),
+    /// dropping whatever it cached for the name.
+    pub fn published(&self, digest: &Digest) {
+        let name = digest.to_hex();
+        if let Err(e) = self.notifier.inval_entry(INodeNo(crate::inodes::ROOT), OsStr::new(&name)) {
+            // ENOENT: the kernel had nothing cached for the name, which is fine.
+            tracing::trace!(%digest, "inval_entry: {e}");
         }
     }
 }

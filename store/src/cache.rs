@@ -20,13 +20,7 @@ struct Inner {
 
 impl ChunkCache {
     pub fn new(budget: usize) -> ChunkCache {
-        ChunkCache {
-            inner: Mutex::new(Inner {
-                lru: LruCache::unbounded(),
-                bytes: 0,
-            }),
-            budget,
-        }
+        ChunkCache { inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0 }), budget }
     }
 
     pub fn get(&self, id: &Digest) -> Option<Arc<Vec<u8>>> {
@@ -65,9 +59,7 @@ pub struct MetaCache<V> {
 
 impl<V> MetaCache<V> {
     pub fn new(entries: usize) -> MetaCache<V> {
-        MetaCache {
-            inner: Mutex::new(LruCache::new(NonZeroUsize::new(entries.max(1)).unwrap())),
-        }
+        MetaCache { inner: Mutex::new(LruCache::new(NonZeroUsize::new(entries.max(1)).unwrap())) }
     }
 
     pub fn get(&self, d: &Digest) -> Option<Arc<V>> {

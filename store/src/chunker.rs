@@ -23,9 +23,7 @@ pub fn chunk_stream<R: Read>(
     if size <= MIN_SIZE as u64 {
         // Read one byte past the expected size so that a file that grew is noticed.
         let mut buf = Vec::with_capacity(size as usize + 1);
-        (&mut reader)
-            .take(MIN_SIZE as u64 + 1)
-            .read_to_end(&mut buf)?;
+        (&mut reader).take(MIN_SIZE as u64 + 1).read_to_end(&mut buf)?;
         if buf.len() > MIN_SIZE {
             // It grew past the one-chunk limit: the caller reports the change.
             return Ok(buf.len() as u64);
@@ -90,11 +88,7 @@ mod tests {
         let a: std::collections::HashSet<_> = cut(&data).into_iter().collect();
         let b = cut(&edited);
         let shared = b.iter().filter(|c| a.contains(*c)).count();
-        assert!(
-            shared + 2 >= b.len(),
-            "only the edited chunk(s) differ: {shared}/{}",
-            b.len()
-        );
+        assert!(shared + 2 >= b.len(), "only the edited chunk(s) differ: {shared}/{}", b.len());
     }
 
     #[test]

@@ -24,11 +24,7 @@ pub enum Error {
     NotAStore { path: PathBuf, marker: &'static str },
 
     #[error("{}: store format {found} is not supported by this vorpalfs (it reads format {supported})", path.display())]
-    Version {
-        path: PathBuf,
-        found: String,
-        supported: u32,
-    },
+    Version { path: PathBuf, found: String, supported: u32 },
 
     #[error("store {} is in use by another process{holder}", path.display())]
     Locked { path: PathBuf, holder: String },
@@ -43,22 +39,13 @@ pub enum Error {
     UnknownRoot(String),
 
     #[error("corrupt {what} {digest}: {detail}")]
-    Corrupt {
-        what: &'static str,
-        digest: Digest,
-        detail: String,
-    },
+    Corrupt { what: &'static str, digest: Digest, detail: String },
 
     #[error("{path:?}: no such file or directory in tree {root}")]
     NoSuchPath { root: Digest, path: String },
 
     #[error("{path:?} in tree {root} is a {kind}, not a {wanted}")]
-    WrongKind {
-        root: Digest,
-        path: String,
-        kind: &'static str,
-        wanted: &'static str,
-    },
+    WrongKind { root: Digest, path: String, kind: &'static str, wanted: &'static str },
 
     #[error("{}: destination exists and is not an empty directory", path.display())]
     DestinationExists { path: PathBuf },
@@ -73,9 +60,7 @@ impl Error {
     /// Wraps an I/O error with the path it concerns, singling out a full disk.
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
         let path = path.as_ref().to_path_buf();
-        if source.raw_os_error() == Some(libc::ENOSPC)
-            || source.raw_os_error() == Some(libc::EDQUOT)
-        {
+        if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT) {
             Error::DiskFull { path, source }
         } else {
             Error::Io { path, source }

@@ -13,10 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch,
-    WriteOptions,
-};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use crate::error::{Error, Result};
 
@@ -32,14 +29,7 @@ pub enum Cf {
 }
 
 impl Cf {
-    const ALL: [Cf; 6] = [
-        Cf::Trees,
-        Cf::Files,
-        Cf::Chunks,
-        Cf::Packs,
-        Cf::Roots,
-        Cf::Meta,
-    ];
+    const ALL: [Cf; 6] = [Cf::Trees, Cf::Files, Cf::Chunks, Cf::Packs, Cf::Roots, Cf::Meta];
 
     fn name(self) -> &'static str {
         match self {
@@ -103,37 +93,24 @@ impl Index {
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| Self::err(path, e))?;
-        Ok(Index {
-            db,
-            path: path.to_path_buf(),
-        })
+        Ok(Index { db, path: path.to_path_buf() })
     }
 
     fn err(path: &Path, e: rocksdb::Error) -> Error {
         let message = e.into_string();
         if message.contains("lock") {
-            return Error::Locked {
-                path: path.to_path_buf(),
-                holder: format!(" ({message})"),
-            };
+            return Error::Locked { path: path.to_path_buf(), holder: format!(" ({message})") };
         }
-        Error::Index {
-            path: path.to_path_buf(),
-            message,
-        }
+        Error::Index { path: path.to_path_buf(), message }
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         // Every family is created at open, so a missing handle is a bug, not an input error.
-        self.db
-            .cf_handle(cf.name())
-            .expect("column family created at open")
+        self.db.cf_handle(cf.name()).expect("column family created at open")
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db
-            .get_cf(self.cf(cf), key)
-            .map_err(|e| Self::err(&self.path, e))
+        self.db.get_cf(self.cf(cf), key).map_err(|e| Self::err(&self.path, e))
     }
 
     pub fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool> {
@@ -141,11 +118,7 @@ impl Index {
         if !self.db.key_may_exist_cf(h, key) {
             return Ok(false);
         }
-        Ok(self
-            .db
-            .get_pinned_cf(h, key)
-            .map_err(|e| Self::err(&self.path, e))?
-            .is_some())
+        Ok(self.db.get_pinned_cf(h, key).map_err(|e| Self::err(&self.path, e))?.is_some())
     }
 
     /// Calls `f` on every key/value of a family in key order; stops early when `f` returns false.
@@ -170,9 +143,7 @@ impl Index {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db
-            .write_opt(wb, &wo)
-            .map_err(|e| Self::err(&self.path, e))
+        self.db.write_opt(wb, &wo).map_err(|e| Self::err(&self.path, e))
     }
 
     /// Approximate number of keys in a family (RocksDB's estimate; exact for small stores).

@@ -102,22 +102,13 @@ fn walk(path: &Path, jobs: &mut Vec<FileJob>, report: &mut IngestReport) -> Resu
             walk(&p, jobs, report)?
         } else if ft.is_file() {
             report.files += 1;
-            jobs.push(FileJob {
-                path: p,
-                size: meta.len(),
-            });
-            Node::File {
-                job: jobs.len() - 1,
-                executable: meta.mode() & 0o111 != 0,
-            }
+            jobs.push(FileJob { path: p, size: meta.len() });
+            Node::File { job: jobs.len() - 1, executable: meta.mode() & 0o111 != 0 }
         } else if ft.is_symlink() {
             report.symlinks += 1;
             Node::Symlink(fs::read_link(&p).at(&p)?.as_os_str().as_bytes().to_vec())
         } else {
-            return Err(Error::Unsupported {
-                path: p,
-                kind: special_kind(&ft),
-            });
+            return Err(Error::Unsupported { path: p, kind: special_kind(&ft) });
         };
         children.push((ent.file_name().as_bytes().to_vec(), node));
     }
@@ -177,15 +168,8 @@ impl Run<'_> {
             chunks.push(ChunkRef { offset, len, id });
             offset += u64::from(len);
             let is_new = self.queued.lock().unwrap().insert(id);
-            if is_new
-                && !self
-                    .store
-                    .index
-                    .contains(Cf::Chunks, id.as_bytes())
-                    .map_err(std::io::Error::other)?
-            {
-                tx.send(NewChunk { id, data })
-                    .map_err(|_| std::io::Error::other("ingest cancelled"))?;
+            if is_new && !self.store.index.contains(Cf::Chunks, id.as_bytes()).map_err(std::io::Error::other)? {
+                tx.send(NewChunk { id, data }).map_err(|_| std::io::Error::other("ingest cancelled"))?;
             }
             Ok(())
         })
@@ -200,10 +184,7 @@ impl Run<'_> {
         {
             return Err(Error::Changed { path: path.into() });
         }
-        Ok(FileOut {
-            digest: h.finalize(),
-            record: FileRecord { size: read, chunks },
-        })
+        Ok(FileOut { digest: h.finalize(), record: FileRecord { size: read, chunks } })
     }
 }
 
@@ -219,11 +200,7 @@ impl Store {
 
     /// Ingests `src`; `finish` adds its own records (a root, a build result) to the final batch,
     /// so they commit atomically with the data they name.
-    pub fn ingest_then(
-        &self,
-        src: &Path,
-        finish: impl FnOnce(&Digest, &mut Batch),
-    ) -> Result<IngestReport> {
+    pub fn ingest_then(&self, src: &Path, finish: impl FnOnce(&Digest, &mut Batch)) -> Result<IngestReport> {
         let meta = fs::symlink_metadata(src).at(src)?;
         if !meta.is_dir() {
             return Err(Error::Io {
@@ -269,12 +246,7 @@ impl Store {
                     let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
                     for c in rx {
                         let (codec, bytes) = encode_chunk(&mut z, &c.data);
-                        let e = Encoded {
-                            id: c.id,
-                            raw_len: c.data.len() as u32,
-                            codec,
-                            bytes,
-                        };
+                        let e = Encoded { id: c.id, raw_len: c.data.len() as u32, codec, bytes };
                         if tx.send(e).is_err() {
                             return;
                         }
@@ -294,19 +266,12 @@ impl Store {
             return Err(e);
         }
 
-        let outputs: Vec<FileOut> = run
-            .outputs
-            .into_inner()
-            .unwrap()
-            .into_iter()
-            .map(|o| o.expect("every file read"))
-            .collect();
+        let outputs: Vec<FileOut> =
+            run.outputs.into_inner().unwrap().into_iter().map(|o| o.expect("every file read")).collect();
         let mut seen_files = HashSet::new();
         for out in &outputs {
             report.bytes += out.record.size;
-            if seen_files.insert(out.digest)
-                && !self.index.contains(Cf::Files, out.digest.as_bytes())?
-            {
+            if seen_files.insert(out.digest) && !self.index.contains(Cf::Files, out.digest.as_bytes())? {
                 batch.put(Cf::Files, out.digest.as_bytes(), &out.record.encode());
             }
         }
@@ -384,15 +349,8 @@ impl Store {
     }
 
     /// Builds the trees bottom-up, adding the new ones to the batch.
-    fn build_trees(
-        &self,
-        node: Node,
-        outputs: &[FileOut],
-        batch: &mut Batch,
-    ) -> Result<(Digest, u64)> {
-        let Node::Dir(children) = node else {
-            unreachable!("trees are built from directories")
-        };
+    fn build_trees(&self, node: Node, outputs: &[FileOut], batch: &mut Batch) -> Result<(Digest, u64)> {
+        let Node::Dir(children) = node else { unreachable!("trees are built from directories") };
         let mut entries = Vec::with_capacity(children.len());
         for (name, child) in children {
             let kind = match child {
@@ -402,11 +360,7 @@ impl Store {
                 }
                 Node::File { job, executable } => {
                     let out = &outputs[job];
-                    EntryKind::File {
-                        digest: out.digest,
-                        size: out.record.size,
-                        executable,
-                    }
+                    EntryKind::File { digest: out.digest, size: out.record.size, executable }
                 }
                 Node::Symlink(target) => EntryKind::Symlink { target },
             };

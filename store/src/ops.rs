@@ -56,11 +56,7 @@ pub struct Stats {
 
 fn join(base: &str, name: &[u8]) -> String {
     let name = String::from_utf8_lossy(name);
-    if base.is_empty() {
-        name.into_owned()
-    } else {
-        format!("{base}/{name}")
-    }
+    if base.is_empty() { name.into_owned() } else { format!("{base}/{name}") }
 }
 
 impl Store {
@@ -74,9 +70,7 @@ impl Store {
                     return Err(Error::DestinationExists { path: dest.into() });
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(dest).at(dest)?
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(dest).at(dest)?,
             Err(e) => return Err(Error::io(dest, e)),
         }
         let mut files = Vec::new();
@@ -87,12 +81,7 @@ impl Store {
             .try_reduce(|| 0, |a, b| Ok(a + b))
     }
 
-    fn export_dirs(
-        &self,
-        tree: &Digest,
-        dir: &Path,
-        files: &mut Vec<(PathBuf, Digest, bool)>,
-    ) -> Result<()> {
+    fn export_dirs(&self, tree: &Digest, dir: &Path, files: &mut Vec<(PathBuf, Digest, bool)>) -> Result<()> {
         let t = self.tree(tree)?;
         for e in t.entries() {
             let path = dir.join(std::ffi::OsStr::from_bytes(&e.name));
@@ -101,12 +90,9 @@ impl Store {
                     fs::create_dir(&path).at(&path)?;
                     self.export_dirs(digest, &path, files)?;
                 }
-                EntryKind::File {
-                    digest, executable, ..
-                } => files.push((path, *digest, *executable)),
+                EntryKind::File { digest, executable, .. } => files.push((path, *digest, *executable)),
                 EntryKind::Symlink { target } => {
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path)
-                        .at(&path)?;
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &path).at(&path)?;
                 }
             }
         }
@@ -115,12 +101,7 @@ impl Store {
 
     fn export_file(&self, digest: &Digest, path: &Path, exec: bool) -> Result<u64> {
         let mode = if exec { 0o755 } else { 0o644 };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .at(path)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).at(path)?;
         let rec = self.file(digest)?;
         let mut h = Hasher::new(Kind::File);
         let mut hole = false;
@@ -141,10 +122,7 @@ impl Store {
             return Err(Error::Corrupt {
                 what: "file",
                 digest: *digest,
-                detail: format!(
-                    "content written to {} does not match its digest",
-                    path.display()
-                ),
+                detail: format!("content written to {} does not match its digest", path.display()),
             });
         }
         // The umask may have narrowed the mode given at creation.
@@ -168,12 +146,8 @@ impl Store {
                     continue;
                 }
                 report.trees += 1;
-                let problem = |detail: String| Problem {
-                    root: root.name.clone(),
-                    path: path.clone(),
-                    digest: d,
-                    detail,
-                };
+                let problem =
+                    |detail: String| Problem { root: root.name.clone(), path: path.clone(), digest: d, detail };
                 let bytes = match self.index.get(Cf::Trees, d.as_bytes())? {
                     Some(b) => b,
                     None => {
@@ -182,9 +156,7 @@ impl Store {
                     }
                 };
                 if Digest::of(Kind::Tree, &bytes) != d {
-                    report
-                        .problems
-                        .push(problem("tree encoding does not match its digest".into()));
+                    report.problems.push(problem("tree encoding does not match its digest".into()));
                     continue;
                 }
                 let tree = match Tree::decode(&bytes, &d) {
@@ -210,15 +182,9 @@ impl Store {
             .par_iter()
             .map(|(digest, (root, path))| match self.verify_file(digest) {
                 Ok(size) => (size, None),
-                Err((bad, detail)) => (
-                    0,
-                    Some(Problem {
-                        root: root.clone(),
-                        path: path.clone(),
-                        digest: bad,
-                        detail,
-                    }),
-                ),
+                Err((bad, detail)) => {
+                    (0, Some(Problem { root: root.clone(), path: path.clone(), digest: bad, detail }))
+                }
             })
             .collect();
         report.files = files.len() as u64;
@@ -226,9 +192,7 @@ impl Store {
             report.bytes += size;
             report.problems.extend(p);
         }
-        report
-            .problems
-            .sort_by(|a, b| (&a.root, &a.path).cmp(&(&b.root, &b.path)));
+        report.problems.sort_by(|a, b| (&a.root, &a.path).cmp(&(&b.root, &b.path)));
         Ok(report)
     }
 
@@ -237,9 +201,7 @@ impl Store {
         let rec = self.file(digest).map_err(|e| (*digest, e.to_string()))?;
         let mut h = Hasher::new(Kind::File);
         for c in &rec.chunks {
-            let data = self
-                .chunk_uncached(&c.id)
-                .map_err(|e| (c.id, e.to_string()))?;
+            let data = self.chunk_uncached(&c.id).map_err(|e| (c.id, e.to_string()))?;
             if data.len() != c.len as usize {
                 return Err((c.id, "chunk length differs from the file record".into()));
             }

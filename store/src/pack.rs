@@ -32,9 +32,7 @@ pub fn pack_path(dir: &Path, id: u64) -> PathBuf {
 /// Parses a pack file name back to its id.
 pub fn pack_id(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(".pack")?;
-    (hex.len() == 16)
-        .then(|| u64::from_str_radix(hex, 16).ok())
-        .flatten()
+    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok()).flatten()
 }
 
 /// Compresses a chunk; keeps it raw when zstd does not make it smaller.
@@ -47,21 +45,14 @@ pub fn encode_chunk(z: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> (Codec, 
 
 /// Decodes stored bytes and checks them against the chunk id. Wrong bytes never leave here.
 pub fn decode_chunk(id: &Digest, loc: &Locator, stored: &[u8]) -> Result<Vec<u8>> {
-    let corrupt = |detail: String| Error::Corrupt {
-        what: "chunk",
-        digest: *id,
-        detail,
-    };
+    let corrupt = |detail: String| Error::Corrupt { what: "chunk", digest: *id, detail };
     let data = match loc.codec {
         Codec::Raw => stored.to_vec(),
         Codec::Zstd => zstd::bulk::decompress(stored, loc.raw_len as usize)
             .map_err(|e| corrupt(format!("in pack {:016x}: zstd: {e}", loc.pack)))?,
     };
     if data.len() != loc.raw_len as usize || Digest::of(Kind::Chunk, &data) != *id {
-        return Err(corrupt(format!(
-            "in pack {:016x} at {}: content does not match its digest",
-            loc.pack, loc.offset
-        )));
+        return Err(corrupt(format!("in pack {:016x} at {}: content does not match its digest", loc.pack, loc.offset)));
     }
     Ok(data)
 }
@@ -78,20 +69,10 @@ pub struct PackWriter {
 impl PackWriter {
     pub fn create(dir: &Path, id: u64) -> Result<PackWriter> {
         let path = pack_path(dir, id);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .at(&path)?;
+        let file = OpenOptions::new().write(true).create_new(true).open(&path).at(&path)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(MAGIC).at(&path)?;
-        Ok(PackWriter {
-            id,
-            path,
-            out,
-            len: MAGIC.len() as u64,
-            chunks: 0,
-        })
+        Ok(PackWriter { id, path, out, len: MAGIC.len() as u64, chunks: 0 })
     }
 
     pub fn id(&self) -> u64 {
@@ -107,13 +88,7 @@ impl PackWriter {
     }
 
     /// Appends one chunk and returns where its bytes are.
-    pub fn append(
-        &mut self,
-        id: &Digest,
-        raw_len: u32,
-        codec: Codec,
-        stored: &[u8],
-    ) -> Result<Locator> {
+    pub fn append(&mut self, id: &Digest, raw_len: u32, codec: Codec, stored: &[u8]) -> Result<Locator> {
         let mut header = [0u8; RECORD_HEADER as usize];
         header[..32].copy_from_slice(id.as_bytes());
         header[32..36].copy_from_slice(&raw_len.to_le_bytes());
@@ -135,21 +110,12 @@ impl PackWriter {
 
     /// Flushes and fsyncs the pack (and its directory entry).
     pub fn seal(self) -> Result<(u64, PackInfo)> {
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        let file = self.out.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
         file.sync_all().at(&self.path)?;
         if let Some(dir) = self.path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).at(dir)?;
         }
-        Ok((
-            self.id,
-            PackInfo {
-                size: self.len,
-                chunks: self.chunks,
-            },
-        ))
+        Ok((self.id, PackInfo { size: self.len, chunks: self.chunks }))
     }
 
     /// Removes an unfinished pack (after an error).
@@ -168,10 +134,7 @@ pub struct PackReader {
 
 impl PackReader {
     pub fn new(dir: PathBuf) -> PackReader {
-        PackReader {
-            dir,
-            open: Mutex::new(HashMap::new()),
-        }
+        PackReader { dir, open: Mutex::new(HashMap::new()) }
     }
 
     fn file(&self, pack: u64) -> Result<Arc<File>> {

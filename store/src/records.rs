@@ -34,11 +34,7 @@ impl FileRecord {
     }
 
     pub fn decode(b: &[u8], digest: &Digest) -> Result<FileRecord> {
-        let bad = |detail: &str| Error::Corrupt {
-            what: "file record",
-            digest: *digest,
-            detail: detail.into(),
-        };
+        let bad = |detail: &str| Error::Corrupt { what: "file record", digest: *digest, detail: detail.into() };
         if b.len() < 12 {
             return Err(bad("truncated"));
         }
@@ -52,11 +48,7 @@ impl FileRecord {
             .chunks_exact(36)
             .map(|r| {
                 let len = u32::from_le_bytes(r[..4].try_into().unwrap());
-                let c = ChunkRef {
-                    offset,
-                    len,
-                    id: Digest::from_slice(&r[4..]).unwrap(),
-                };
+                let c = ChunkRef { offset, len, id: Digest::from_slice(&r[4..]).unwrap() };
                 offset += u64::from(len);
                 c
             })
@@ -69,8 +61,7 @@ impl FileRecord {
 
     /// Index of the chunk covering byte `offset` (which must be below `size`).
     pub fn chunk_at(&self, offset: u64) -> usize {
-        self.chunks
-            .partition_point(|c| c.offset + u64::from(c.len) <= offset)
+        self.chunks.partition_point(|c| c.offset + u64::from(c.len) <= offset)
     }
 }
 
@@ -117,11 +108,7 @@ impl Locator {
     }
 
     pub fn decode(b: &[u8], id: &Digest) -> Result<Locator> {
-        let bad = || Error::Corrupt {
-            what: "chunk locator",
-            digest: *id,
-            detail: "malformed".into(),
-        };
+        let bad = || Error::Corrupt { what: "chunk locator", digest: *id, detail: "malformed".into() };
         if b.len() != Self::LEN {
             return Err(bad());
         }
@@ -168,21 +155,9 @@ mod tests {
         let f = FileRecord {
             size: 30,
             chunks: vec![
-                ChunkRef {
-                    offset: 0,
-                    len: 10,
-                    id,
-                },
-                ChunkRef {
-                    offset: 10,
-                    len: 15,
-                    id,
-                },
-                ChunkRef {
-                    offset: 25,
-                    len: 5,
-                    id,
-                },
+                ChunkRef { offset: 0, len: 10, id },
+                ChunkRef { offset: 10, len: 15, id },
+                ChunkRef { offset: 25, len: 5, id },
             ],
         };
         let back = FileRecord::decode(&f.encode(), &id).unwrap();
@@ -198,13 +173,7 @@ mod tests {
 
     #[test]
     fn locator_round_trip() {
-        let l = Locator {
-            pack: 7,
-            offset: 1 << 40,
-            stored_len: 9,
-            raw_len: 10,
-            codec: Codec::Zstd,
-        };
+        let l = Locator { pack: 7, offset: 1 << 40, stored_len: 9, raw_len: 10, codec: Codec::Zstd };
         assert_eq!(Locator::decode(&l.encode(), &Digest([0; 32])).unwrap(), l);
     }
 }

@@ -38,10 +38,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            chunk_cache_bytes: 256 << 20,
-            zstd_level: 1,
-        }
+        Options { chunk_cache_bytes: 256 << 20, zstd_level: 1 }
     }
 }
 
@@ -96,24 +93,14 @@ impl Store {
         let marker = dir.join(MARKER);
         match fs::read_to_string(&marker) {
             Ok(text) => {
-                let found = text
-                    .trim()
-                    .strip_prefix("vorpalfs store format ")
-                    .unwrap_or(text.trim());
+                let found = text.trim().strip_prefix("vorpalfs store format ").unwrap_or(text.trim());
                 if found != FORMAT.to_string() {
-                    return Err(Error::Version {
-                        path: dir.into(),
-                        found: found.into(),
-                        supported: FORMAT,
-                    });
+                    return Err(Error::Version { path: dir.into(), found: found.into(), supported: FORMAT });
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if fs::read_dir(dir).at(dir)?.next().is_some() {
-                    return Err(Error::NotAStore {
-                        path: dir.into(),
-                        marker: MARKER,
-                    });
+                    return Err(Error::NotAStore { path: dir.into(), marker: MARKER });
                 }
                 let tmp = dir.join(".VORPALFS_STORE.tmp");
                 fs::write(&tmp, format!("vorpalfs store format {FORMAT}\n")).at(&tmp)?;
@@ -182,10 +169,7 @@ impl Store {
         let mut out = Vec::new();
         self.index.scan(Cf::Roots, |k, v| {
             if let Some(digest) = Digest::from_slice(v) {
-                out.push(Root {
-                    name: String::from_utf8_lossy(k).into_owned(),
-                    digest,
-                });
+                out.push(Root { name: String::from_utf8_lossy(k).into_owned(), digest });
             }
             true
         })?;
@@ -214,12 +198,7 @@ impl Store {
     /// Whether some root points at `digest` (what the mount shows at its top level).
     pub fn has_root(&self, digest: &Digest) -> Result<bool> {
         // Roots added without a name are keyed by their digest: the common case is one lookup.
-        if self
-            .index
-            .get(Cf::Roots, digest.to_hex().as_bytes())?
-            .as_deref()
-            == Some(digest.as_bytes())
-        {
+        if self.index.get(Cf::Roots, digest.to_hex().as_bytes())?.as_deref() == Some(digest.as_bytes()) {
             return Ok(true);
         }
         Ok(self.roots()?.iter().any(|r| r.digest == *digest))
@@ -251,13 +230,7 @@ impl Store {
         if let Some(t) = self.trees.get(d) {
             return Ok(t);
         }
-        let bytes = self
-            .index
-            .get(Cf::Trees, d.as_bytes())?
-            .ok_or(Error::Missing {
-                what: "tree",
-                digest: *d,
-            })?;
+        let bytes = self.index.get(Cf::Trees, d.as_bytes())?.ok_or(Error::Missing { what: "tree", digest: *d })?;
         if Digest::of(crate::Kind::Tree, &bytes) != *d {
             return Err(Error::Corrupt {
                 what: "tree",
@@ -275,13 +248,7 @@ impl Store {
         if let Some(f) = self.files.get(d) {
             return Ok(f);
         }
-        let bytes = self
-            .index
-            .get(Cf::Files, d.as_bytes())?
-            .ok_or(Error::Missing {
-                what: "file",
-                digest: *d,
-            })?;
+        let bytes = self.index.get(Cf::Files, d.as_bytes())?.ok_or(Error::Missing { what: "file", digest: *d })?;
         let f = Arc::new(FileRecord::decode(&bytes, d)?);
         self.files.insert(*d, f.clone());
         Ok(f)
@@ -290,13 +257,7 @@ impl Store {
     /// Follows a `/`-separated path from a root tree; "" is the root itself.
     /// Symlinks are not followed.
     pub fn lookup(&self, root: &Digest, path: &str) -> Result<Entry> {
-        let mut cur = Entry {
-            name: Vec::new(),
-            kind: EntryKind::Dir {
-                digest: *root,
-                size: 0,
-            },
-        };
+        let mut cur = Entry { name: Vec::new(), kind: EntryKind::Dir { digest: *root, size: 0 } };
         let mut walked = String::new();
         for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
             let dir = match &cur.kind {
@@ -318,10 +279,7 @@ impl Store {
                 .tree(&dir)?
                 .get(part.as_bytes())
                 .cloned()
-                .ok_or_else(|| Error::NoSuchPath {
-                    root: *root,
-                    path: walked.clone(),
-                })?;
+                .ok_or_else(|| Error::NoSuchPath { root: *root, path: walked.clone() })?;
         }
         Ok(cur)
     }
@@ -329,13 +287,7 @@ impl Store {
     // ----- chunks and reads -----
 
     pub(crate) fn locator(&self, id: &Digest) -> Result<Locator> {
-        let v = self
-            .index
-            .get(Cf::Chunks, id.as_bytes())?
-            .ok_or(Error::Missing {
-                what: "chunk",
-                digest: *id,
-            })?;
+        let v = self.index.get(Cf::Chunks, id.as_bytes())?.ok_or(Error::Missing { what: "chunk", digest: *id })?;
         Locator::decode(&v, id)
     }
 
@@ -346,20 +298,12 @@ impl Store {
             return Ok(c);
         }
         self.counters.chunk_misses.fetch_add(1, Ordering::Relaxed);
-        let cell = self
-            .inflight
-            .lock()
-            .unwrap()
-            .entry(*id)
-            .or_default()
-            .clone();
+        let cell = self.inflight.lock().unwrap().entry(*id).or_default().clone();
         let mut fetched_here = false;
         let result = cell
             .get_or_init(|| {
                 fetched_here = true;
-                let r = self
-                    .locator(id)
-                    .and_then(|loc| self.packs.read_chunk(id, &loc));
+                let r = self.locator(id).and_then(|loc| self.packs.read_chunk(id, &loc));
                 r.map(|data| {
                     let data = Arc::new(data);
                     self.chunks.insert(*id, data.clone());
@@ -373,19 +317,8 @@ impl Store {
         }
         // The error is shared between the waiters; each gets its own copy of the message.
         result.map_err(|e| match &*e {
-            Error::Corrupt {
-                what,
-                digest,
-                detail,
-            } => Error::Corrupt {
-                what,
-                digest: *digest,
-                detail: detail.clone(),
-            },
-            Error::Missing { what, digest } => Error::Missing {
-                what,
-                digest: *digest,
-            },
+            Error::Corrupt { what, digest, detail } => Error::Corrupt { what, digest: *digest, detail: detail.clone() },
+            Error::Missing { what, digest } => Error::Missing { what, digest: *digest },
             other => Error::Invalid(other.to_string()),
         })
     }
@@ -443,12 +376,7 @@ impl Store {
     }
 
     /// Streams a whole file into `out`, chunk by chunk, checking the file digest at the end.
-    pub fn write_file_to(
-        &self,
-        digest: &Digest,
-        out: &mut impl Write,
-        out_path: &Path,
-    ) -> Result<u64> {
+    pub fn write_file_to(&self, digest: &Digest, out: &mut impl Write, out_path: &Path) -> Result<u64> {
         let f = self.file(digest)?;
         let mut h = crate::digest::Hasher::new(crate::Kind::File);
         for c in &f.chunks {
@@ -468,11 +396,7 @@ impl Store {
 
     /// A `Read` over a stored file (for `cat` and tests).
     pub fn reader(&self, digest: &Digest) -> Result<FileReader<'_>> {
-        Ok(FileReader {
-            store: self,
-            file: self.file(digest)?,
-            pos: 0,
-        })
+        Ok(FileReader { store: self, file: self.file(digest)?, pos: 0 })
     }
 
     // ----- bookkeeping -----
@@ -522,10 +446,7 @@ pub struct FileReader<'a> {
 
 impl Read for FileReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self
-            .store
-            .read_at(&self.file, self.pos, buf)
-            .map_err(std::io::Error::other)?;
+        let n = self.store.read_at(&self.file, self.pos, buf).map_err(std::io::Error::other)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -534,13 +455,7 @@ impl Read for FileReader<'_> {
 /// Takes the store's exclusive lock, naming the holder's pid when another process has it.
 fn lock_store(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .at(&path)?;
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
     // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -552,10 +467,7 @@ fn lock_store(dir: &Path) -> Result<File> {
                 "" => String::new(),
                 p => format!(" (pid {p}); stop it or point --store-dir elsewhere"),
             };
-            return Err(Error::Locked {
-                path: dir.into(),
-                holder,
-            });
+            return Err(Error::Locked { path: dir.into(), holder });
         }
         return Err(Error::io(&path, e));
     }

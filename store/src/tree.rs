@@ -19,18 +19,9 @@ const FORMAT: u8 = 1;
 /// What a directory entry is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
-    File {
-        digest: Digest,
-        size: u64,
-        executable: bool,
-    },
-    Dir {
-        digest: Digest,
-        size: u64,
-    },
-    Symlink {
-        target: Vec<u8>,
-    },
+    File { digest: Digest, size: u64, executable: bool },
+    Dir { digest: Digest, size: u64 },
+    Symlink { target: Vec<u8> },
 }
 
 /// One named entry of a directory.
@@ -80,17 +71,11 @@ impl Tree {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for w in entries.windows(2) {
             if w[0].name == w[1].name {
-                return Err(Error::Invalid(format!(
-                    "duplicate entry name {:?}",
-                    String::from_utf8_lossy(&w[0].name)
-                )));
+                return Err(Error::Invalid(format!("duplicate entry name {:?}", String::from_utf8_lossy(&w[0].name))));
             }
         }
         if let Some(e) = entries.iter().find(|e| !valid_name(&e.name)) {
-            return Err(Error::Invalid(format!(
-                "invalid entry name {:?}",
-                String::from_utf8_lossy(&e.name)
-            )));
+            return Err(Error::Invalid(format!("invalid entry name {:?}", String::from_utf8_lossy(&e.name))));
         }
         Ok(Tree { entries })
     }
@@ -101,10 +86,7 @@ impl Tree {
 
     /// Looks a name up by binary search.
     pub fn get(&self, name: &[u8]) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.name.as_slice().cmp(name))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.entries.binary_search_by(|e| e.name.as_slice().cmp(name)).ok().map(|i| &self.entries[i])
     }
 
     /// Total size of the files below this directory.
@@ -121,11 +103,7 @@ impl Tree {
             out.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
             out.extend_from_slice(&e.name);
             match &e.kind {
-                EntryKind::File {
-                    digest,
-                    size,
-                    executable,
-                } => {
+                EntryKind::File { digest, size, executable } => {
                     out.push(u8::from(*executable));
                     out.extend_from_slice(&size.to_le_bytes());
                     out.extend_from_slice(digest.as_bytes());
@@ -152,11 +130,7 @@ impl Tree {
 
     /// Decodes and validates a canonical encoding; `digest` only labels errors.
     pub fn decode(bytes: &[u8], digest: &Digest) -> Result<Tree> {
-        let bad = |detail: &str| Error::Corrupt {
-            what: "tree",
-            digest: *digest,
-            detail: detail.to_string(),
-        };
+        let bad = |detail: &str| Error::Corrupt { what: "tree", digest: *digest, detail: detail.to_string() };
         let mut r = Reader(bytes);
         if r.u8().ok_or_else(|| bad("empty"))? != FORMAT {
             return Err(bad("unknown tree format"));
@@ -180,22 +154,15 @@ impl Tree {
             let kind = match r.u8().ok_or_else(trunc)? {
                 tag @ (0..=2) => {
                     let size = r.u64().ok_or_else(trunc)?;
-                    let digest =
-                        Digest::from_slice(r.take(32).ok_or_else(trunc)?).ok_or_else(trunc)?;
+                    let digest = Digest::from_slice(r.take(32).ok_or_else(trunc)?).ok_or_else(trunc)?;
                     match tag {
                         2 => EntryKind::Dir { digest, size },
-                        _ => EntryKind::File {
-                            digest,
-                            size,
-                            executable: tag == 1,
-                        },
+                        _ => EntryKind::File { digest, size, executable: tag == 1 },
                     }
                 }
                 3 => {
                     let len = r.u32().ok_or_else(trunc)? as usize;
-                    EntryKind::Symlink {
-                        target: r.take(len).ok_or_else(trunc)?.to_vec(),
-                    }
+                    EntryKind::Symlink { target: r.take(len).ok_or_else(trunc)?.to_vec() }
                 }
                 _ => return Err(bad("unknown entry tag")),
             };
@@ -223,16 +190,13 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
     fn u16(&mut self) -> Option<u16> {
-        self.take(2)
-            .map(|b| u16::from_le_bytes(b.try_into().unwrap()))
+        self.take(2).map(|b| u16::from_le_bytes(b.try_into().unwrap()))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        self.take(4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        self.take(8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
     }
 }
 
@@ -247,19 +211,10 @@ mod tests {
 
     fn entry() -> impl Strategy<Value = Entry> {
         let kind = prop_oneof![
-            (any::<[u8; 32]>(), any::<u64>(), any::<bool>()).prop_map(|(d, size, executable)| {
-                EntryKind::File {
-                    digest: Digest(d),
-                    size,
-                    executable,
-                }
-            }),
-            (any::<[u8; 32]>(), any::<u64>()).prop_map(|(d, size)| EntryKind::Dir {
-                digest: Digest(d),
-                size
-            }),
-            proptest::collection::vec(any::<u8>(), 0..50)
-                .prop_map(|target| EntryKind::Symlink { target }),
+            (any::<[u8; 32]>(), any::<u64>(), any::<bool>())
+                .prop_map(|(d, size, executable)| { EntryKind::File { digest: Digest(d), size, executable } }),
+            (any::<[u8; 32]>(), any::<u64>()).prop_map(|(d, size)| EntryKind::Dir { digest: Digest(d), size }),
+            proptest::collection::vec(any::<u8>(), 0..50).prop_map(|target| EntryKind::Symlink { target }),
         ];
         (name(), kind).prop_map(|(name, kind)| Entry { name, kind })
     }
@@ -302,10 +257,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_names_and_duplicates() {
-        let f = |n: &[u8]| Entry {
-            name: n.to_vec(),
-            kind: EntryKind::Symlink { target: vec![] },
-        };
+        let f = |n: &[u8]| Entry { name: n.to_vec(), kind: EntryKind::Symlink { target: vec![] } };
         assert!(Tree::new(vec![f(b"a/b")]).is_err());
         assert!(Tree::new(vec![f(b"..")]).is_err());
         assert!(Tree::new(vec![f(b"")]).is_err());

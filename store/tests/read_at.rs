@@ -33,39 +33,26 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        let datas: Vec<Vec<u8>> = SIZES
-            .iter()
-            .enumerate()
-            .map(|(i, n)| bytes(*n, i as u64 + 1))
-            .collect();
+        let datas: Vec<Vec<u8>> = SIZES.iter().enumerate().map(|(i, n)| bytes(*n, i as u64 + 1)).collect();
         for (i, d) in datas.iter().enumerate() {
             std::fs::write(src.join(format!("f{i}")), d).unwrap();
         }
         // A small memory cache, so reads go back to the packs as well as hit the cache.
-        let opts = vorpalfs_store::Options {
-            chunk_cache_bytes: 6 << 20,
-            ..Default::default()
-        };
+        let opts = vorpalfs_store::Options { chunk_cache_bytes: 6 << 20, ..Default::default() };
         let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
         let root = store.ingest(&src, None).unwrap().root;
         let files = datas
             .into_iter()
             .enumerate()
-            .map(
-                |(i, d)| match store.lookup(&root, &format!("f{i}")).unwrap().kind {
-                    EntryKind::File { digest, size, .. } => {
-                        assert_eq!(size as usize, d.len());
-                        (d, digest)
-                    }
-                    _ => unreachable!(),
-                },
-            )
+            .map(|(i, d)| match store.lookup(&root, &format!("f{i}")).unwrap().kind {
+                EntryKind::File { digest, size, .. } => {
+                    assert_eq!(size as usize, d.len());
+                    (d, digest)
+                }
+                _ => unreachable!(),
+            })
             .collect();
-        Fixture {
-            _dir: dir,
-            store,
-            files,
-        }
+        Fixture { _dir: dir, store, files }
     })
 }
 

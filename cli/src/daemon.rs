@@ -1,0 +1,167 @@
+//! The daemon: owns the store, serves the mount, and runs other commands on clients' behalf
+//! over a Unix socket in the store directory.
+//!
+//! Threads: the fuser session's worker threads; a small tokio runtime for slow reads and for
+//! waiting on signals; one thread accepting socket connections and one per connection.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde_json::json;
+use vorpalfs_fs::{MountHandle, MountOptions};
+use vorpalfs_store::Store;
+
+use crate::proto::{self, FrameWriter, Request};
+use crate::settings::Settings;
+use crate::{Cli, Command, report_error, store_cmd};
+
+struct Daemon {
+    store: Arc<Store>,
+    mounted: MountHandle,
+    settings: Settings,
+    started: Instant,
+    shutdown: tokio::sync::Notify,
+}
+
+/// Runs the daemon in this process until SIGINT, SIGTERM or `vorpalfs umount`.
+pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Result<()> {
+    let store = Arc::new(Store::open(&settings.store_dir)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vorpalfs-io")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let mut opts = MountOptions::default();
+    if let Some(t) = threads {
+        opts.threads = t.max(1);
+    }
+    let mounted = vorpalfs_fs::mount(store.clone(), mountpoint, rt.handle().clone(), &opts)?;
+
+    // We hold the store lock, so a socket file left here belongs to a daemon that died.
+    let sock = settings.socket();
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).with_context(|| format!("cannot listen on {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", sock.display()))?;
+
+    let daemon = Arc::new(Daemon {
+        store,
+        mounted: mounted.handle(),
+        settings,
+        started: Instant::now(),
+        shutdown: tokio::sync::Notify::new(),
+    });
+    {
+        let daemon = daemon.clone();
+        std::thread::Builder::new().name("vorpalfs-accept".into()).spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let daemon = daemon.clone();
+                let _ = std::thread::Builder::new().name("vorpalfs-client".into()).spawn(move || {
+                    if let Err(e) = daemon.serve(conn) {
+                        tracing::debug!("client connection: {e:#}");
+                    }
+                });
+            }
+        })?;
+    }
+    // Readiness line for whoever started us (and for logs).
+    tracing::info!(pid = std::process::id(), mountpoint = %mountpoint.display(), store = %daemon.settings.store_dir.display(), "serving");
+
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
+            _ = int.recv() => tracing::info!("SIGINT: unmounting"),
+            _ = daemon.shutdown.notified() => tracing::info!("unmount requested"),
+        }
+    });
+    let _ = std::fs::remove_file(&sock);
+    mounted.unmount().context("unmount failed")?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+impl Daemon {
+    fn serve(&self, conn: UnixStream) -> Result<()> {
+        let mut line = String::new();
+        BufReader::new(conn.try_clone()?).read_line(&mut line)?;
+        let req: Request = serde_json::from_str(&line).context("malformed request")?;
+        let mut out = FrameWriter { stream: conn.try_clone()?, tag: proto::STDOUT };
+        let mut err = FrameWriter { stream: conn.try_clone()?, tag: proto::STDERR };
+        let code: i32 = match req {
+            Request::Status => {
+                writeln!(out, "{}", self.status())?;
+                0
+            }
+            Request::Shutdown => {
+                self.shutdown.notify_one();
+                0
+            }
+            Request::Run { argv, cwd } => self.run_command(argv, cwd, &mut out, &mut err),
+        };
+        proto::write_frame(&mut &conn, proto::EXIT, &code.to_le_bytes())?;
+        Ok(())
+    }
+
+    fn run_command(&self, argv: Vec<String>, cwd: String, out: &mut FrameWriter, err: &mut FrameWriter) -> i32 {
+        let cli = match Cli::try_parse_from(argv) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = write!(err, "{e}");
+                return 2;
+            }
+        };
+        let mut settings = self.settings.clone();
+        settings.json = cli.json;
+        settings.cwd = cwd.into();
+        let Command::Store(cmd) = cli.command else {
+            let _ = writeln!(err, "error: only `store` commands are run by the daemon");
+            return 2;
+        };
+        let root_changed = |d: &vorpalfs_store::Digest| self.mounted.published(d);
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
+        let mut ctx = store_cmd::Ctx {
+            store: &self.store,
+            settings: &settings,
+            out: &mut buffered,
+            err,
+            root_changed: &root_changed,
+        };
+        let result = store_cmd::run(&mut ctx, cmd);
+        let flushed = buffered.flush();
+        match result.and_then(|c| flushed.map(|_| c).map_err(Into::into)) {
+            Ok(code) => i32::from(code != ExitCode::SUCCESS),
+            Err(e) => {
+                report_error(&e, err);
+                1
+            }
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let c = self.store.cache_stats();
+        let f = &self.mounted.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "pid": std::process::id(),
+            "mountpoint": self.mounted.mountpoint(),
+            "store": self.settings.store_dir,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "chunk_cache": {"bytes": c.chunk_cache_bytes, "budget": c.chunk_cache_budget, "hits": c.chunk_hits, "misses": c.chunk_misses},
+            "fs": {"lookups": load(&f.lookups), "reads": load(&f.reads), "read_bytes": load(&f.read_bytes),
+                   "reads_deferred": load(&f.reads_deferred), "read_errors": load(&f.read_errors), "inodes": load(&f.inodes)},
+        })
+    }
+}
