@@ -66,8 +66,7 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
-        if field[i] == b'\\' && i + 3 < field.len() && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if field[i] == b'\\' && i + 3 < field.len() && field[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((field[i + 1] - b'0') * 64 + (field[i + 2] - b'0') * 8 + (field[i + 3] - b'0'));
             i += 4;
         } else {
@@ -172,6 +171,10 @@ impl MountHandle {
         if let Err(e) = self.notifier.inval_entry(INodeNo(crate::inodes::ROOT), OsStr::new(&name)) {
             // ENOENT: the kernel had nothing cached for the name, which is fine.
             tracing::trace!(%digest, "inval_entry: {e}");
+        }
+        // The top level's listing is cached too (see `opendir`).
+        if let Err(e) = self.notifier.inval_inode(INodeNo(crate::inodes::ROOT), 0, 0) {
+            tracing::trace!(%digest, "inval_inode: {e}");
         }
     }
 }

@@ -32,6 +32,9 @@ use crate::records::{ChunkRef, Codec, FileRecord};
 use crate::store::Store;
 use crate::tree::{Entry, EntryKind, Tree};
 
+/// Files at least this large are read first.
+const BIG_FILE: u64 = 8 << 20;
+
 /// What an ingest did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IngestReport {
@@ -119,8 +122,7 @@ fn walk(path: &Path, jobs: &mut Vec<FileJob>, report: &mut IngestReport) -> Resu
 struct Run<'a> {
     store: &'a Store,
     jobs: &'a [FileJob],
-    /// Job indexes, largest file first: a big file started last would leave one reader
-    /// working alone at the end while the other cores wait.
+    /// The order files are read in (see `ingest_then`).
     order: Vec<usize>,
     next_job: AtomicUsize,
     failed: AtomicBool,
@@ -213,8 +215,13 @@ impl Store {
         let mut jobs = Vec::new();
         let root_node = walk(src, &mut jobs, &mut report)?;
         tracing::debug!(files = jobs.len(), elapsed = ?t0.elapsed(), "walked");
+        // Large files first, so that none is left for one reader at the end while the other
+        // cores idle; the rest in walk order, so that a directory's small files sit together in
+        // the packs (a cold read of a tree then reads packs nearly sequentially).
         let mut order: Vec<usize> = (0..jobs.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].size));
+        order.sort_by_key(|&i| {
+            if jobs[i].size >= BIG_FILE { std::cmp::Reverse(jobs[i].size) } else { std::cmp::Reverse(0) }
+        });
         let run = Run {
             store: self,
             jobs: &jobs,
