@@ -149,3 +149,23 @@ pub fn status(conn: UnixStream) -> Result<serde_json::Value> {
     let first = out.lines().next().transpose()?.unwrap_or_default();
     Ok(serde_json::from_str(&first)?)
 }
+
+/// Runs `argv` in the daemon and collects its exit code, stdout and stderr.
+pub fn capture(mut conn: UnixStream, argv: &[String], settings: &Settings) -> Result<(i32, Vec<u8>, Vec<u8>)> {
+    let req = Request::Run { argv: argv.to_vec(), cwd: settings.cwd.to_string_lossy().into_owned() };
+    let mut line = serde_json::to_vec(&req)?;
+    line.push(b'\n');
+    conn.write_all(&line).context("cannot send to the daemon")?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some((tag, data)) = proto::read_frame(&mut conn).context("lost the daemon")? {
+        match tag {
+            proto::STDOUT => out.extend_from_slice(&data),
+            proto::STDERR => err.extend_from_slice(&data),
+            proto::EXIT => {
+                return Ok((i32::from_le_bytes(data.as_slice().try_into().unwrap_or([1, 0, 0, 0])), out, err));
+            }
+            _ => {}
+        }
+    }
+    bail!("the daemon closed the connection before answering")
+}

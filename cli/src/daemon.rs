@@ -20,10 +20,11 @@ use vorpalfs_store::Store;
 
 use crate::proto::{self, FrameWriter, Request};
 use crate::settings::Settings;
-use crate::{Cli, Command, report_error, store_cmd};
+use crate::{Cli, Command, build_cmd, report_error, store_cmd};
 
 struct Daemon {
     store: Arc<Store>,
+    builder: vorpalfs_builder::Builder,
     mounted: MountHandle,
     settings: Settings,
     started: Instant,
@@ -52,8 +53,15 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", sock.display()))?;
 
+    let handle = mounted.handle();
+    let builder = vorpalfs_builder::Builder::new(
+        store.clone(),
+        crate::builder_config(&settings.store_dir, mountpoint),
+        Box::new(move |d| handle.published(d)),
+    )?;
     let daemon = Arc::new(Daemon {
         store,
+        builder,
         mounted: mounted.handle(),
         settings,
         started: Instant::now(),
@@ -109,13 +117,20 @@ impl Daemon {
                 self.shutdown.notify_one();
                 0
             }
-            Request::Run { argv, cwd } => self.run_command(argv, cwd, &mut out, &mut err),
+            Request::Run { argv, cwd } => self.run_command(argv, cwd, &conn, &mut out, &mut err),
         };
         proto::write_frame(&mut &conn, proto::EXIT, &code.to_le_bytes())?;
         Ok(())
     }
 
-    fn run_command(&self, argv: Vec<String>, cwd: String, out: &mut FrameWriter, err: &mut FrameWriter) -> i32 {
+    fn run_command(
+        &self,
+        argv: Vec<String>,
+        cwd: String,
+        conn: &UnixStream,
+        out: &mut FrameWriter,
+        err: &mut FrameWriter,
+    ) -> i32 {
         let cli = match Cli::try_parse_from(argv) {
             Ok(c) => c,
             Err(e) => {
@@ -126,10 +141,27 @@ impl Daemon {
         let mut settings = self.settings.clone();
         settings.json = cli.json;
         settings.cwd = cwd.into();
-        let Command::Store(cmd) = cli.command else {
-            let _ = writeln!(err, "error: only `store` commands are run by the daemon");
-            return 2;
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
+        let cmd = match cli.command {
+            Command::Store(cmd) => cmd,
+            Command::Build(args) => {
+                let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let result =
+                    build_cmd::watch_hangup(conn, cancel.clone()).and_then(|()| build_cmd::event_sink(conn)).and_then(
+                        |events| build_cmd::run_build(&self.builder, &settings, args, &mut buffered, &events, &cancel),
+                    );
+                return finish(result, buffered.flush(), err);
+            }
+            Command::Inspect(args) => {
+                let result = build_cmd::run_inspect(&self.builder, &settings, args, &mut buffered);
+                return finish(result, buffered.flush(), err);
+            }
+            _ => {
+                let _ = writeln!(err, "error: the daemon runs only store, build and inspect commands");
+                return 2;
+            }
         };
+        drop(buffered);
         let root_changed = |d: &vorpalfs_store::Digest| self.mounted.published(d);
         let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
         let mut ctx = store_cmd::Ctx {
@@ -141,13 +173,7 @@ impl Daemon {
         };
         let result = store_cmd::run(&mut ctx, cmd);
         let flushed = buffered.flush();
-        match result.and_then(|c| flushed.map(|_| c).map_err(Into::into)) {
-            Ok(code) => i32::from(code != ExitCode::SUCCESS),
-            Err(e) => {
-                report_error(&e, err);
-                1
-            }
-        }
+        finish(result, flushed, err)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -163,5 +189,16 @@ impl Daemon {
             "fs": {"lookups": load(&f.lookups), "reads": load(&f.reads), "read_bytes": load(&f.read_bytes),
                    "reads_deferred": load(&f.reads_deferred), "read_errors": load(&f.read_errors), "inodes": load(&f.inodes)},
         })
+    }
+}
+
+/// A command's exit code, reporting its error (or a failed final flush) on the client's stderr.
+fn finish(result: Result<ExitCode>, flushed: std::io::Result<()>, err: &mut FrameWriter) -> i32 {
+    match result.and_then(|c| flushed.map(|_| c).map_err(Into::into)) {
+        Ok(code) => i32::from(code != ExitCode::SUCCESS),
+        Err(e) => {
+            report_error(&e, err);
+            1
+        }
     }
 }

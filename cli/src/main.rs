@@ -4,6 +4,7 @@
 //! main.rs      clap definitions, logging, dispatch, error → exit code
 //! settings.rs  flags + environment + defaults resolved once, before any work
 //! store_cmd.rs `vorpalfs store …`, run against an open store through a Ctx
+//! build_cmd.rs `vorpalfs build/inspect/run`: run in the daemon, progress rendered here
 //! daemon.rs    `vorpalfs mount`: owns the store, serves FUSE and a control socket
 //! client.rs    forwarding commands to a running daemon; start, stop, status
 //! proto.rs     the control socket's framing
@@ -13,6 +14,7 @@
 //! bytes, `--json`) goes to stdout; logs and progress to stderr. `anyhow` lives here only: the
 //! libraries return typed errors and this binary prints the chain.
 
+mod build_cmd;
 mod client;
 mod daemon;
 mod proto;
@@ -74,6 +76,21 @@ enum Command {
     },
     /// Whether the store is mounted, and the daemon's counters.
     Status,
+    /// Build the artifacts of a manifest (vorpalfs.toml); prints their store paths.
+    Build(build_cmd::BuildArgs),
+    /// Print the canonical recipe of an artifact (what its input digest hashes).
+    Inspect(build_cmd::InspectArgs),
+    /// Run an artifact's `bin/<name>` from the store.
+    Run {
+        /// Artifact name or alias (the newest build of it).
+        artifact: String,
+        /// The program in its `bin/` [default: the artifact's name].
+        #[arg(long)]
+        bin: Option<String>,
+        /// Arguments for the program.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn init_logging(verbose: u8) {
@@ -105,9 +122,72 @@ fn run_store_locally(settings: &settings::Settings, cmd: store_cmd::StoreCommand
     Ok(code)
 }
 
+/// The builder's places for a store served at `mountpoint`.
+pub fn builder_config(store_dir: &std::path::Path, mountpoint: &std::path::Path) -> vorpalfs_builder::Config {
+    vorpalfs_builder::Config {
+        mountpoint: mountpoint.to_path_buf(),
+        work_dir: store_dir.join("builds"),
+        log_dir: store_dir.join("logs"),
+        // Not current_exe(): that path is gone if the binary was replaced while we run.
+        helper: PathBuf::from("/proc/self/exe"),
+    }
+}
+
+/// Connects to the store's daemon, starting one in the background first if none runs.
+fn ensure_daemon(settings: &settings::Settings) -> Result<std::os::unix::net::UnixStream> {
+    if let Some(conn) = client::connect(settings) {
+        return Ok(conn);
+    }
+    client::spawn_daemon(settings, &settings.mountpoint, None)?;
+    eprintln!("started a daemon serving {} at {}", settings.store_dir.display(), settings.mountpoint.display());
+    client::connect(settings).context("the daemon started but does not answer")
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let settings = settings::Settings::resolve(&cli);
     match cli.command {
+        Command::Build(_) => build_cmd::call_build(ensure_daemon(&settings)?, &settings),
+        Command::Inspect(args) => match client::connect(&settings) {
+            Some(conn) => client::forward(conn, &settings),
+            None => {
+                let store = std::sync::Arc::new(Store::open(&settings.store_dir)?);
+                let cfg = builder_config(&settings.store_dir, &settings.mountpoint);
+                let builder = vorpalfs_builder::Builder::new(store, cfg, Box::new(|_| {}))?;
+                let mut out = std::io::stdout().lock();
+                let code = build_cmd::run_inspect(&builder, &settings, args, &mut out)?;
+                out.flush()?;
+                Ok(code)
+            }
+        },
+        Command::Run { artifact, bin, args } => {
+            let conn = ensure_daemon(&settings)?;
+            let argv = ["vorpalfs", "--json", "inspect", artifact.as_str()].map(String::from).to_vec();
+            let (code, out, err) = client::capture(conn, &argv, &settings)?;
+            if code != 0 {
+                std::io::stderr().write_all(&err)?;
+                return Ok(ExitCode::from(code.clamp(1, 255) as u8));
+            }
+            let info: serde_json::Value = serde_json::from_slice(&out).context("unreadable answer from the daemon")?;
+            if info["output"].is_null() {
+                bail!("`{artifact}` has a recipe but no output in the store; build it first");
+            }
+            let path = PathBuf::from(info["path"].as_str().unwrap_or_default());
+            let name = bin.unwrap_or_else(|| info["recipe"]["name"].as_str().unwrap_or(&artifact).to_string());
+            let prog = path.join("bin").join(&name);
+            if !prog.exists() {
+                let have: Vec<String> = std::fs::read_dir(path.join("bin"))
+                    .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                    .unwrap_or_default();
+                bail!(
+                    "{} does not exist (bin/ has: {})",
+                    prog.display(),
+                    if have.is_empty() { "nothing".to_string() } else { have.join(", ") }
+                );
+            }
+            use std::os::unix::process::CommandExt;
+            let e = std::process::Command::new(&prog).args(&args).exec();
+            Err(e).with_context(|| format!("cannot run {}", prog.display()))
+        }
         Command::Store(cmd) => match client::connect(&settings) {
             Some(conn) => client::forward(conn, &settings),
             None => run_store_locally(&settings, cmd),
@@ -185,6 +265,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // The sandbox helper must stay single-threaded until it has unshared its namespaces, so it
+    // runs before anything else (it never returns).
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new("__sandbox")) {
+        let spec = args.next().map(PathBuf::from).unwrap_or_default();
+        vorpalfs_builder::sandbox::helper_main(&spec);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {

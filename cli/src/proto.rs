@@ -2,7 +2,8 @@
 //!
 //! A client sends one JSON line: `{"op":"run","argv":[...],"cwd":"..."}` (run a command on its
 //! behalf), `{"op":"status"}` or `{"op":"shutdown"}`. The daemon answers with frames
-//! `tag:u8 len:u32le bytes`: `o` stdout bytes, `e` stderr bytes, `x` the exit code (i32le).
+//! `tag:u8 len:u32le bytes`: `o` stdout bytes, `e` stderr bytes, `v` a build event (JSON),
+//! `x` the exit code (i32le).
 //! Running commands this way means every command works the same with or without a daemon: the
 //! daemon parses the same argv and runs the same code against the store it owns.
 
@@ -22,6 +23,8 @@ pub enum Request {
 pub const STDOUT: u8 = b'o';
 pub const STDERR: u8 = b'e';
 pub const EXIT: u8 = b'x';
+/// A build event (JSON), rendered by the client.
+pub const EVENT: u8 = b'v';
 
 pub fn write_frame(w: &mut impl Write, tag: u8, data: &[u8]) -> io::Result<()> {
     let mut head = [0u8; 5];

@@ -166,11 +166,11 @@ impl StoreFs {
                 let Some(digest) = std::str::from_utf8(name).ok().and_then(|s| s.parse::<Digest>().ok()) else {
                     return Ok(None);
                 };
-                if !self.store.has_root(&digest)? {
+                let Some(tree) = self.store.top_level(&digest)? else {
                     return Ok(None);
-                }
-                let size = self.store.tree(&digest)?.size();
-                Ok(Some(Kind::Dir { digest, size }))
+                };
+                let size = self.store.tree(&tree)?.size();
+                Ok(Some(Kind::Dir { digest: tree, size }))
             }
             Kind::Dir { digest, .. } => Ok(self.store.tree(digest)?.get(name).map(|e| Kind::from_entry(&e.kind))),
             _ => Ok(None),
@@ -180,15 +180,14 @@ impl StoreFs {
     /// The entries of a directory, in order, without `.` and `..`.
     fn children(&self, kind: &Kind) -> vorpalfs_store::Result<Vec<(Vec<u8>, Kind)>> {
         match kind {
-            Kind::Root => {
-                let mut digests: Vec<Digest> = self.store.roots()?.into_iter().map(|r| r.digest).collect();
-                digests.sort();
-                digests.dedup();
-                digests
-                    .into_iter()
-                    .map(|d| Ok((d.to_hex().into_bytes(), Kind::Dir { digest: d, size: self.store.tree(&d)?.size() })))
-                    .collect()
-            }
+            Kind::Root => self
+                .store
+                .top_level_entries()?
+                .into_iter()
+                .map(|(name, tree)| {
+                    Ok((name.to_hex().into_bytes(), Kind::Dir { digest: tree, size: self.store.tree(&tree)?.size() }))
+                })
+                .collect(),
             Kind::Dir { digest, .. } => Ok(self
                 .store
                 .tree(digest)?

@@ -160,3 +160,17 @@ mod tests {
         assert_eq!(h.finalize(), Digest::of(Kind::Chunk, &[7u8; 300_000]));
     }
 }
+
+/// Digests serialize as their hex form (recipes, JSON output).
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Digest, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(|_| serde::de::Error::custom(format!("not a digest: {s}")))
+    }
+}

@@ -93,16 +93,36 @@ fn special_kind(ft: &fs::FileType) -> &'static str {
     }
 }
 
-fn walk(path: &Path, jobs: &mut Vec<FileJob>, report: &mut IngestReport) -> Result<Node> {
+/// Which entries of a tree an ingest keeps: called with each path relative to the top and
+/// whether it is a directory (a directory it refuses is not walked).
+pub type Filter<'a> = &'a (dyn Fn(&Path, bool) -> bool + Sync);
+
+fn walk(
+    top: &Path,
+    path: &Path,
+    keep: Option<Filter<'_>>,
+    jobs: &mut Vec<FileJob>,
+    report: &mut IngestReport,
+) -> Result<Node> {
     let mut children = Vec::new();
     for ent in fs::read_dir(path).at(path)? {
         let ent = ent.at(path)?;
         let p = ent.path();
         let meta = fs::symlink_metadata(&p).at(&p)?;
         let ft = meta.file_type();
+        if let Some(keep) = keep
+            && !keep(p.strip_prefix(top).unwrap_or(&p), ft.is_dir())
+        {
+            continue;
+        }
         let node = if ft.is_dir() {
+            let node = walk(top, &p, keep, jobs, report)?;
+            // With a filter, a directory left empty by it is dropped.
+            if keep.is_some() && matches!(&node, Node::Dir(c) if c.is_empty()) {
+                continue;
+            }
             report.dirs += 1;
-            walk(&p, jobs, report)?
+            node
         } else if ft.is_file() {
             report.files += 1;
             jobs.push(FileJob { path: p, size: meta.len() });
@@ -203,6 +223,17 @@ impl Store {
     /// Ingests `src`; `finish` adds its own records (a root, a build result) to the final batch,
     /// so they commit atomically with the data they name.
     pub fn ingest_then(&self, src: &Path, finish: impl FnOnce(&Digest, &mut Batch)) -> Result<IngestReport> {
+        self.ingest_filtered(src, None, finish)
+    }
+
+    /// [`Store::ingest_then`] keeping only the entries `keep` accepts (directories it leaves
+    /// empty are dropped too).
+    pub fn ingest_filtered(
+        &self,
+        src: &Path,
+        keep: Option<Filter<'_>>,
+        finish: impl FnOnce(&Digest, &mut Batch),
+    ) -> Result<IngestReport> {
         let meta = fs::symlink_metadata(src).at(src)?;
         if !meta.is_dir() {
             return Err(Error::Io {
@@ -213,7 +244,7 @@ impl Store {
         let t0 = std::time::Instant::now();
         let mut report = IngestReport::default();
         let mut jobs = Vec::new();
-        let root_node = walk(src, &mut jobs, &mut report)?;
+        let root_node = walk(src, src, keep, &mut jobs, &mut report)?;
         tracing::debug!(files = jobs.len(), elapsed = ?t0.elapsed(), "walked");
         // Large files first, so that none is left for one reader at the end while the other
         // cores idle; the rest in walk order, so that a directory's small files sit together in

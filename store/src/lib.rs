@@ -3,6 +3,7 @@
 //! ```text
 //!  Store (store.rs) ── roots, lookup, read_at, caches; ingest.rs, ops.rs (export/verify/stats)
 //!    │
+//!    ├── results.rs            build results (input digest → output tree), recipes, aliases
 //!    ├── Index (index.rs)      RocksDB, metadata only: trees, file chunk lists, locators, packs, roots
 //!    ├── packs (pack.rs)       append-only files of zstd chunks, verified on every read
 //!    └── ChunkCache (cache.rs) decoded chunks in memory, LRU by bytes
@@ -24,12 +25,13 @@ pub mod ingest;
 pub mod ops;
 pub mod pack;
 pub mod records;
+pub mod results;
 pub mod store;
 pub mod tree;
 
 pub use digest::{Digest, Hasher, Kind};
 pub use error::{Error, Result};
-pub use ingest::IngestReport;
+pub use ingest::{Filter, IngestReport};
 pub use ops::{Problem, Stats, VerifyReport};
 pub use records::{ChunkRef, FileRecord};
 pub use store::{CacheStats, Options, Root, Store};

@@ -216,6 +216,12 @@ impl Store {
         {
             return Ok(d);
         }
+        // An artifact's name or alias: the output of its newest build.
+        if let Some(input) = self.alias(name_or_digest)?
+            && let Some(tree) = self.result(&input)?
+        {
+            return Ok(tree);
+        }
         Err(Error::UnknownRoot(name_or_digest.to_string()))
     }
 
