@@ -8,6 +8,7 @@ packages=(
   clang libclang-dev pkg-config   # librocksdb-sys builds RocksDB and generates bindings
   fuse3             # fusermount3 and /etc/fuse.conf for the mount
   util-linux        # mount, setpriv, unshare
+  busybox-static    # the rootfs of examples/hermetic
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -261,11 +261,14 @@ impl Builder {
                     Ok(Some(b.build().map_err(|e| err(e.to_string()))?))
                 };
                 let (inc, exc) = (build(include)?, build(exclude)?);
-                let meta = fs::symlink_metadata(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+                // A directory (or a symlink to one) is the tree; a single file becomes a tree
+                // holding just that file.
+                let meta = fs::metadata(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
                 let (dir, only) = if meta.is_dir() {
-                    (path.clone(), None)
+                    (fs::canonicalize(path).map_err(|e| err(format!("{}: {e}", path.display())))?, None)
                 } else {
-                    let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+                    let parent = path.parent().unwrap_or(Path::new("/"));
+                    let parent = fs::canonicalize(parent).map_err(|e| err(format!("{}: {e}", parent.display())))?;
                     (parent, path.file_name().map(|f| f.to_os_string()))
                 };
                 let keep = |rel: &Path, is_dir: bool| {
@@ -428,9 +431,10 @@ impl Builder {
                     state[i] = Some(State::Running);
                     running += 1;
                     let tx = tx.clone();
+                    let force = opts.rebuild && requested[i];
                     s.spawn(move || {
                         let started = t0.elapsed().as_secs_f64();
-                        let r = self.run_artifact(plan, i, opts, events, cancel);
+                        let r = self.run_artifact(plan, i, force, opts, events, cancel);
                         let _ = tx.send((i, started, t0.elapsed().as_secs_f64(), r));
                     });
                 }
@@ -499,12 +503,12 @@ impl Builder {
         &self,
         plan: &Plan<'_>,
         i: usize,
+        force: bool,
         opts: &Options,
         events: &(dyn Fn(Event) + Sync),
         cancel: &AtomicBool,
     ) -> Result<Digest> {
         let digest = plan.digests[i].expect("planned");
-        let a = &plan.m.artifacts[i];
         {
             let mut flights = self.flights.lock().unwrap();
             while flights.contains(&digest) {
@@ -514,9 +518,7 @@ impl Builder {
                 }
             }
             // Another build may have just published it.
-            if !(opts.rebuild && opts.targets.iter().any(|t| *t == a.name))
-                && let Some(tree) = self.store.result(&digest)?
-            {
+            if !force && let Some(tree) = self.store.result(&digest)? {
                 return Ok(tree);
             }
             flights.insert(digest);

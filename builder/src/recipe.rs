@@ -123,7 +123,8 @@ mod tests {
     #[test]
     fn every_field_changes_the_digest() {
         let base = sample().digest();
-        let mut variants: Vec<Box<dyn Fn(&mut Recipe)>> = vec![
+        type Change = Box<dyn Fn(&mut Recipe)>;
+        let mut variants: Vec<Change> = vec![
             Box::new(|r| r.format = 2),
             Box::new(|r| r.name = "hello2".into()),
             Box::new(|r| r.system = "aarch64-linux".into()),

@@ -133,6 +133,20 @@ impl FromStr for Digest {
     }
 }
 
+/// Digests serialize as their hex form (recipes, JSON output).
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Digest, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(|_| serde::de::Error::custom(format!("not a digest: {s}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,19 +172,5 @@ mod tests {
         let mut h = Hasher::new(Kind::Chunk);
         h.update(&[7u8; 300_000]);
         assert_eq!(h.finalize(), Digest::of(Kind::Chunk, &[7u8; 300_000]));
-    }
-}
-
-/// Digests serialize as their hex form (recipes, JSON output).
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Digest, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(|_| serde::de::Error::custom(format!("not a digest: {s}")))
     }
 }

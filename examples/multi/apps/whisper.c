@@ -1,0 +1,9 @@
+#include <ctype.h>
+#include <stdio.h>
+#include "greet.h"
+
+int main(void) {
+    for (const char *p = greeting(); *p; p++) putchar(tolower((unsigned char)*p));
+    putchar('\n');
+    return 0;
+}
