@@ -20,7 +20,7 @@ pub fn vorpalfs_bin() -> PathBuf {
     let bin = exe.parent().and_then(Path::parent).map(|p| p.join("vorpalfs")).expect("target dir");
     assert!(
         bin.exists(),
-        "{} not found: build it first (`cargo build --release -p vorpalfs`, as scripts/test.sh does)",
+        "{} not found: build it first (`cargo build --release --workspace`, as scripts/test.sh does)",
         bin.display()
     );
     bin

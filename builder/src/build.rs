@@ -390,17 +390,18 @@ impl Builder {
 
         // Names for cached results, so that `vorpalfs run <name>` finds this build's.
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+        let mut names = Vec::new();
         for &i in &in_plan {
             if state[i] == Some(State::Cached) {
                 let a = &m.artifacts[i];
-                let mut names = vec![a.name.clone()];
-                names.extend(a.aliases.iter().cloned());
-                self.store.set_aliases(&digest(i), &names)?;
+                names.push((digest(i), a.name.clone()));
+                names.extend(a.aliases.iter().map(|al| (digest(i), al.clone())));
                 let mut o = outcome(i, "cached");
                 o.output = self.store.result(&digest(i))?;
                 outcomes[i] = Some(o);
             }
         }
+        self.store.set_aliases(&names)?;
 
         let to_run: Vec<bool> = (0..n).map(|i| state[i] == Some(State::Waiting)).collect();
         let prio = graph::priorities(&m, &to_run);
@@ -733,12 +734,20 @@ impl Builder {
                 }
                 let _ = log.flush();
             });
+            // The child is waited for on its own thread, so that its end is seen at once; this
+            // thread wakes every 50 ms to check the deadline and the cancel flag.
+            let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+            let waiter = s.spawn(move || {
+                let _ = done_tx.send(child.wait());
+            });
             let mut killed = None;
             let status = loop {
-                match child.try_wait() {
-                    Ok(Some(st)) => break Ok(st),
-                    Ok(None) => {}
-                    Err(e) => break Err(e),
+                match done_rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(st) => break st,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        break Err(std::io::Error::other("the sandbox waiter went away"));
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 }
                 if killed.is_none() {
                     if cancel.load(Ordering::SeqCst) {
@@ -751,14 +760,8 @@ impl Builder {
                         unsafe { libc::kill(-pgid, libc::SIGKILL) };
                     }
                 }
-                // Short steps end in a few ms: poll fast at first, then back off.
-                let waited = started.elapsed();
-                std::thread::sleep(if waited < Duration::from_millis(50) {
-                    Duration::from_micros(500)
-                } else {
-                    Duration::from_millis(10)
-                });
             };
+            let _ = waiter.join();
             let _ = reader.join();
             (status, killed)
         });

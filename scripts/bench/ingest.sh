@@ -19,7 +19,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vorpalfs-target}"
 for tool in casync zstd /usr/bin/time; do
   command -v "$tool" >/dev/null || { apt-get install -y -qq casync zstd time >/dev/null; break; }
 done
-cargo build --release -p vorpalfs >&2
+cargo build --release --workspace >&2
 bin="$CARGO_TARGET_DIR/release/vorpalfs"
 
 rm -rf "$work" && mkdir -p "$work"

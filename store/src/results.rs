@@ -49,11 +49,17 @@ impl Store {
         })
     }
 
-    /// Points `names` at an existing result (a cache hit under new aliases).
-    pub fn set_aliases(&self, input: &Digest, names: &[String]) -> Result<()> {
+    /// Points names at existing results (cache hits, perhaps under new aliases), in one commit
+    /// and only where a name points elsewhere.
+    pub fn set_aliases(&self, names: &[(Digest, String)]) -> Result<()> {
         let mut b = Batch::default();
-        for n in names {
-            b.put(Cf::Meta, &key(ALIAS, n.as_bytes()), input.as_bytes());
+        for (input, n) in names {
+            if self.alias(n)?.as_ref() != Some(input) {
+                b.put(Cf::Meta, &key(ALIAS, n.as_bytes()), input.as_bytes());
+            }
+        }
+        if b.is_empty() {
+            return Ok(());
         }
         self.commit(b)
     }
