@@ -517,3 +517,42 @@ fn a_step_cannot_see_the_host_daemon_or_other_builds_workspaces() {
         assert!(!root.contains(&host_only), "the host's /{host_only} is visible: {root:?}");
     }
 }
+
+#[test]
+fn the_sandbox_helper_works_for_an_ordinary_user() {
+    // The daemon runs as root here; an ordinary user's builds go through the same helper, which
+    // maps that user to root inside its own user namespace.
+    let env = Env::new();
+    let dir = env.path("sbx");
+    for d in ["root", "ws", "out"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let spec = serde_json::json!({
+        "root": dir.join("root"), "workspace": dir.join("ws"), "output": dir.join("out"),
+        "output_path": "/vorpal/store/x", "deps": [], "rootfs": null,
+        "env": [["PATH", "/usr/bin:/bin"]],
+        "steps": [{"argv": ["sh", "-c", "id -u > /vorpal/store/x/uid; touch /usr/x 2>/dev/null || echo ro > /vorpal/store/x/usr"], "env": []}],
+    });
+    write(&dir.join("spec.json"), spec.to_string().as_bytes());
+    // A copy of the binary the user can reach (the target directory may be under /root).
+    let bin = env.path("vorpalfs");
+    fs::copy(vorpalfs_bin(), &bin).unwrap();
+    sh(&format!(
+        "chown -R 65534:65534 {0} && chmod 755 {1} {2}",
+        dir.display(),
+        env.tmp.path().display(),
+        bin.display()
+    ));
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("__sandbox")
+        .arg(dir.join("spec.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_to_string(dir.join("out/uid")).unwrap(), "0\n");
+    assert_eq!(fs::read_to_string(dir.join("out/usr")).unwrap(), "ro\n");
+    let meta = fs::metadata(dir.join("out/uid")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534, "files belong to the user outside");
+}
