@@ -71,6 +71,12 @@ pub enum Event {
         name: String,
         line: String,
     },
+    /// The result and its data are in S3 (`bytes`: how much was sent).
+    Pushed {
+        name: String,
+        digest: Digest,
+        bytes: u64,
+    },
     Built {
         name: String,
         digest: Digest,
@@ -171,6 +177,21 @@ impl Builder {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The output of an existing result: in this store, or in S3 (then only its metadata is
+    /// fetched, never its data). An unreachable S3 counts as "not there", with a warning.
+    fn existing(&self, digest: &Digest) -> Result<Option<Digest>> {
+        if let Some(t) = self.store.result(digest)? {
+            return Ok(Some(t));
+        }
+        if self.store.has_remote() {
+            match self.store.find_root(&digest.to_hex()) {
+                Ok(t) => return Ok(t),
+                Err(e) => tracing::warn!(%digest, "cannot check S3 for a result: {e}"),
+            }
+        }
+        Ok(None)
     }
 
     /// The store path of an input digest on this host.
@@ -346,7 +367,7 @@ impl Builder {
                 continue;
             }
             let force = opts.rebuild && requested[i];
-            if !force && self.store.result(&digest(i))?.is_some() {
+            if !force && self.existing(&digest(i))?.is_some() {
                 state[i] = Some(State::Cached);
                 continue;
             }
@@ -519,7 +540,7 @@ impl Builder {
                 }
             }
             // Another build may have just published it.
-            if !force && let Some(tree) = self.store.result(&digest)? {
+            if !force && let Some(tree) = self.existing(&digest)? {
                 return Ok(tree);
             }
             flights.insert(digest);
@@ -559,6 +580,13 @@ impl Builder {
                 .map_err(|e| Error::Build { name: a.name.clone(), msg: format!("cannot publish the output: {e}") })?;
             (self.published)(&digest);
             tracing::info!(artifact = %a.name, %digest, output = %report.root, files = report.files, bytes = report.bytes, "published");
+            if self.store.has_remote() {
+                let p = self
+                    .store
+                    .push(&digest.to_hex(), &|_, _| {})
+                    .map_err(|e| Error::Build { name: a.name.clone(), msg: format!("built, but the push to S3 failed: {e}") })?;
+                events(Event::Pushed { name: a.name.clone(), digest, bytes: p.uploaded_bytes });
+            }
             Ok(report.root)
         });
         match &result {

@@ -285,6 +285,7 @@ impl View {
                 self.line(&format!("FAILED {name}: {error}"));
             }
             Event::Skipped { name, reason, .. } => self.line(&format!("skipped {name}: {reason}")),
+            Event::Pushed { name, bytes, .. } => self.line(&format!("pushed {name} to S3 ({bytes} bytes sent)")),
         }
     }
 

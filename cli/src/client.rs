@@ -65,6 +65,15 @@ pub fn spawn_daemon(settings: &Settings, mountpoint: &Path, threads: Option<usiz
     if let Some(t) = threads {
         cmd.arg("--threads").arg(t.to_string());
     }
+    if let Some(s3) = &settings.s3 {
+        cmd.arg("--s3").arg(s3);
+    }
+    if let Some(e) = &settings.s3_endpoint {
+        cmd.arg("--s3-endpoint").arg(e);
+    }
+    if let Some(c) = settings.cache_size {
+        cmd.arg("--cache-size").arg(c.to_string());
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info,fuser=warn");
     }

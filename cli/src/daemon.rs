@@ -33,7 +33,7 @@ struct Daemon {
 
 /// Runs the daemon in this process until SIGINT, SIGTERM or `vorpalfs umount`.
 pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Result<()> {
-    let store = Arc::new(Store::open(&settings.store_dir)?);
+    let store = Arc::new(Store::open_with(&settings.store_dir, settings.store_options()?)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("vorpalfs-io")
@@ -78,6 +78,18 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
                         tracing::debug!("client connection: {e:#}");
                     }
                 });
+            }
+        })?;
+    }
+    if daemon.settings.cache_size.is_some() && daemon.store.has_remote() {
+        // Fetches evict as they go; this catches what reads alone brought past the budget.
+        let d = daemon.clone();
+        std::thread::Builder::new().name("vorpalfs-evict".into()).spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                if let Err(e) = d.store.evict() {
+                    tracing::warn!("eviction failed: {e}");
+                }
             }
         })?;
     }
@@ -143,7 +155,10 @@ impl Daemon {
         settings.cwd = cwd.into();
         let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
         let cmd = match cli.command {
-            Command::Store(cmd) => cmd,
+            Command::Store(cmd) => Either::Store(cmd),
+            Command::Push { names } => Either::Sync(store_cmd::SyncCommand::Push(names)),
+            Command::Pull { names } => Either::Sync(store_cmd::SyncCommand::Pull(names)),
+            Command::Gc => Either::Sync(store_cmd::SyncCommand::Gc),
             Command::Build(args) => {
                 let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let result =
@@ -157,7 +172,7 @@ impl Daemon {
                 return finish(result, buffered.flush(), err);
             }
             _ => {
-                let _ = writeln!(err, "error: the daemon runs only store, build and inspect commands");
+                let _ = writeln!(err, "error: the daemon runs only store, push, pull, gc, build and inspect commands");
                 return 2;
             }
         };
@@ -170,8 +185,12 @@ impl Daemon {
             out: &mut buffered,
             err,
             root_changed: &root_changed,
+            local: false,
         };
-        let result = store_cmd::run(&mut ctx, cmd);
+        let result = match cmd {
+            Either::Store(cmd) => store_cmd::run(&mut ctx, cmd),
+            Either::Sync(cmd) => store_cmd::run_sync(&mut ctx, cmd),
+        };
         let flushed = buffered.flush();
         finish(result, flushed, err)
     }
@@ -185,6 +204,12 @@ impl Daemon {
             "mountpoint": self.mounted.mountpoint(),
             "store": self.settings.store_dir,
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "s3": self.store.remote().map(|r| {
+                let [gets, get_bytes, puts, put_bytes, errors] = self.store.remote_counters().unwrap_or_default();
+                json!({"url": r.config().url(), "gets": gets, "get_bytes": get_bytes, "puts": puts,
+                       "put_bytes": put_bytes, "errors": errors,
+                       "cache_bytes": self.store.cache_bytes().unwrap_or(0), "cache_budget": self.settings.cache_size})
+            }),
             "chunk_cache": {"bytes": c.chunk_cache_bytes, "budget": c.chunk_cache_budget, "hits": c.chunk_hits, "misses": c.chunk_misses},
             "fs": {"lookups": load(&f.lookups), "reads": load(&f.reads), "read_bytes": load(&f.read_bytes),
                    "reads_deferred": load(&f.reads_deferred), "read_errors": load(&f.read_errors), "inodes": load(&f.inodes)},
@@ -201,4 +226,9 @@ fn finish(result: Result<ExitCode>, flushed: std::io::Result<()>, err: &mut Fram
             1
         }
     }
+}
+
+enum Either {
+    Store(store_cmd::StoreCommand),
+    Sync(store_cmd::SyncCommand),
 }

@@ -41,6 +41,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "VORPALFS_MOUNTPOINT", value_name = "DIR", default_value = "/vorpal/store")]
     mountpoint: PathBuf,
 
+    /// S3 location shared with other hosts: s3://bucket/prefix (credentials: the AWS chain).
+    #[arg(long, global = true, env = "VORPALFS_S3", value_name = "URL")]
+    s3: Option<String>,
+
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000 [default: AWS_ENDPOINT_URL, else AWS].
+    #[arg(long, global = true, env = "VORPALFS_S3_ENDPOINT", value_name = "URL")]
+    s3_endpoint: Option<String>,
+
+    /// Disk budget for data fetched from S3, e.g. 20G (least recently read is evicted first).
+    #[arg(long, global = true, env = "VORPALFS_CACHE_SIZE", value_name = "SIZE", value_parser = settings::parse_size)]
+    cache_size: Option<u64>,
+
     /// Print data as JSON on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -76,6 +88,18 @@ enum Command {
     },
     /// Whether the store is mounted, and the daemon's counters.
     Status,
+    /// Upload roots, build results or artifacts (by name) and whatever of their data S3 lacks.
+    Push {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Fetch whole artifacts from S3 into the local cache (instead of on first read).
+    Pull {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove data no root reaches; prints what was freed.
+    Gc,
     /// Build the artifacts of a manifest (vorpalfs.toml); prints their store paths.
     Build(build_cmd::BuildArgs),
     /// Print the canonical recipe of an artifact (what its input digest hashes).
@@ -113,11 +137,15 @@ pub fn report_error(e: &anyhow::Error, w: &mut dyn Write) {
     }
 }
 
-fn run_store_locally(settings: &settings::Settings, cmd: store_cmd::StoreCommand) -> Result<ExitCode> {
-    let store = Store::open(&settings.store_dir)?;
+fn run_store_locally(
+    settings: &settings::Settings,
+    f: impl FnOnce(&mut store_cmd::Ctx<'_>) -> Result<ExitCode>,
+) -> Result<ExitCode> {
+    let store = Store::open_with(&settings.store_dir, settings.store_options()?)?;
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
-    let mut ctx = store_cmd::Ctx { store: &store, settings, out: &mut out, err: &mut err, root_changed: &|_| {} };
-    let code = store_cmd::run(&mut ctx, cmd)?;
+    let mut ctx =
+        store_cmd::Ctx { store: &store, settings, out: &mut out, err: &mut err, root_changed: &|_| {}, local: true };
+    let code = f(&mut ctx)?;
     out.flush()?;
     Ok(code)
 }
@@ -150,7 +178,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(args) => match client::connect(&settings) {
             Some(conn) => client::forward(conn, &settings),
             None => {
-                let store = std::sync::Arc::new(Store::open(&settings.store_dir)?);
+                let store = std::sync::Arc::new(Store::open_with(&settings.store_dir, settings.store_options()?)?);
                 let cfg = builder_config(&settings.store_dir, &settings.mountpoint);
                 let builder = vorpalfs_builder::Builder::new(store, cfg, Box::new(|_| {}))?;
                 let mut out = std::io::stdout().lock();
@@ -190,8 +218,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Store(cmd) => match client::connect(&settings) {
             Some(conn) => client::forward(conn, &settings),
-            None => run_store_locally(&settings, cmd),
+            None => run_store_locally(&settings, |ctx| store_cmd::run(ctx, cmd)),
         },
+        Command::Push { .. } | Command::Pull { .. } | Command::Gc => {
+            let cmd = match cli.command {
+                Command::Push { names } => store_cmd::SyncCommand::Push(names),
+                Command::Pull { names } => store_cmd::SyncCommand::Pull(names),
+                _ => store_cmd::SyncCommand::Gc,
+            };
+            match client::connect(&settings) {
+                Some(conn) => client::forward(conn, &settings),
+                None => run_store_locally(&settings, |ctx| store_cmd::run_sync(ctx, cmd)),
+            }
+        }
         Command::Mount { dir, foreground, threads } => {
             let mountpoint = dir.map_or(settings.mountpoint.clone(), |d| settings.abs(&d));
             if foreground {

@@ -13,6 +13,11 @@ pub struct Settings {
     /// The directory relative paths are taken from: the caller's, also when the command runs
     /// inside the daemon on the caller's behalf.
     pub cwd: PathBuf,
+    /// `s3://bucket/prefix` shared with other hosts.
+    pub s3: Option<String>,
+    pub s3_endpoint: Option<String>,
+    /// Disk budget for data fetched from S3, in bytes.
+    pub cache_size: Option<u64>,
 }
 
 impl Settings {
@@ -24,7 +29,20 @@ impl Settings {
             mountpoint: absolute(&cwd, &cli.mountpoint),
             json: cli.json,
             cwd,
+            s3: cli.s3.clone().filter(|s| !s.is_empty()),
+            s3_endpoint: cli.s3_endpoint.clone().filter(|s| !s.is_empty()),
+            cache_size: cli.cache_size,
         }
+    }
+
+    /// How to open the store: the S3 location and cache budget.
+    pub fn store_options(&self) -> vorpalfs_store::Result<vorpalfs_store::Options> {
+        let mut o = vorpalfs_store::Options::default();
+        if let Some(url) = &self.s3 {
+            o.remote = Some(vorpalfs_store::RemoteConfig::parse(url, self.s3_endpoint.clone())?);
+        }
+        o.cache_bytes = self.cache_size;
+        Ok(o)
     }
 
     /// `path` taken relative to the caller's directory.
@@ -58,4 +76,18 @@ fn default_store_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     data.join("vorpalfs")
+}
+
+/// `512M`, `10G`, `1048576`: a byte count with an optional binary suffix (K, M, G, T).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (like 512M or 20G)"))?;
+    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
 }

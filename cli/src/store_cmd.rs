@@ -46,6 +46,8 @@ pub struct Ctx<'a> {
     pub out: &'a mut dyn Write,
     pub err: &'a mut dyn Write,
     pub root_changed: &'a dyn Fn(&Digest),
+    /// Run by this process (not the daemon on a client's behalf): it may draw on the terminal.
+    pub local: bool,
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -167,6 +169,123 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: StoreCommand) -> Result<ExitCode> {
             }
             if let Some(d) = digest {
                 (ctx.root_changed)(&d);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `vorpalfs push`, `pull` and `gc`.
+#[derive(Debug, Clone)]
+pub enum SyncCommand {
+    Push(Vec<String>),
+    Pull(Vec<String>),
+    Gc,
+}
+
+/// A progress bar on a terminal (only when this process owns the terminal: not in the daemon).
+fn bar(ctx: &Ctx<'_>, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !ctx.local || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    Some(pb)
+}
+
+pub fn run_sync(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
+    let store = ctx.store;
+    match cmd {
+        SyncCommand::Push(names) => {
+            for n in names {
+                let t = Instant::now();
+                let pb = bar(ctx, &format!("push {n}"));
+                let progress = |done: u64, total: u64| {
+                    if let Some(pb) = &pb {
+                        pb.set_length(total);
+                        pb.set_position(done);
+                    }
+                };
+                let r = store.push(&n, &progress).with_context(|| format!("cannot push {n}"))?;
+                if let Some(pb) = pb {
+                    pb.finish_and_clear();
+                }
+                if ctx.settings.json {
+                    writeln!(
+                        ctx.out,
+                        "{}",
+                        json!({"name": r.name, "tree": r.tree, "already": r.already, "chunks": r.chunks,
+                               "new_chunks": r.new_chunks, "uploaded_bytes": r.uploaded_bytes,
+                               "seconds": t.elapsed().as_secs_f64()})
+                    )?;
+                } else if r.already {
+                    writeln!(ctx.err, "{n}: already in S3")?;
+                } else {
+                    writeln!(
+                        ctx.err,
+                        "{n}: pushed {} of {} chunks, {} bytes, in {:.2}s",
+                        r.new_chunks,
+                        r.chunks,
+                        r.uploaded_bytes,
+                        t.elapsed().as_secs_f64()
+                    )?;
+                }
+            }
+        }
+        SyncCommand::Pull(names) => {
+            for n in names {
+                let t = Instant::now();
+                let pb = bar(ctx, &format!("pull {n}"));
+                let progress = |done: u64, total: u64| {
+                    if let Some(pb) = &pb {
+                        pb.set_length(total);
+                        pb.set_position(done);
+                    }
+                };
+                let r = store.pull(&n, &progress).with_context(|| format!("cannot pull {n}"))?;
+                if let Some(pb) = pb {
+                    pb.finish_and_clear();
+                }
+                (ctx.root_changed)(&r.tree);
+                if ctx.settings.json {
+                    writeln!(
+                        ctx.out,
+                        "{}",
+                        json!({"name": n, "tree": r.tree, "chunks": r.chunks, "fetched_chunks": r.fetched_chunks,
+                               "fetched_bytes": r.fetched_bytes, "seconds": t.elapsed().as_secs_f64()})
+                    )?;
+                } else {
+                    writeln!(
+                        ctx.err,
+                        "{n}: fetched {} of {} chunks ({} bytes) in {:.2}s",
+                        r.fetched_chunks,
+                        r.chunks,
+                        r.fetched_bytes,
+                        t.elapsed().as_secs_f64()
+                    )?;
+                }
+            }
+        }
+        SyncCommand::Gc => {
+            let r = store.gc()?;
+            if ctx.settings.json {
+                writeln!(
+                    ctx.out,
+                    "{}",
+                    json!({"packs_removed": r.packs_removed, "bytes_freed": r.bytes_freed, "chunks_dropped": r.chunks_dropped})
+                )?;
+            } else {
+                writeln!(
+                    ctx.out,
+                    "freed {} bytes: {} packs removed, {} unreachable chunks dropped",
+                    r.bytes_freed, r.packs_removed, r.chunks_dropped
+                )?;
             }
         }
     }

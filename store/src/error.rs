@@ -50,6 +50,9 @@ pub enum Error {
     #[error("{}: destination exists and is not an empty directory", path.display())]
     DestinationExists { path: PathBuf },
 
+    #[error("S3 {url}: {message}")]
+    Remote { url: String, message: String },
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -7,6 +7,7 @@
 //! - `packs`:  pack id (u64 BE)    → [`PackInfo`](crate::records::PackInfo)
 //! - `roots`:  root name (bytes)   → tree digest (32 B)
 //! - `meta`:   small named values
+//! - `remote`: chunk id (32 B)     → where the chunk is in S3 (see `sync.rs`)
 //!
 //! Writes happen only through [`Batch`], committed with a synced WAL write, so a set of objects
 //! becomes visible all at once or not at all.
@@ -26,10 +27,11 @@ pub enum Cf {
     Packs,
     Roots,
     Meta,
+    Remote,
 }
 
 impl Cf {
-    const ALL: [Cf; 6] = [Cf::Trees, Cf::Files, Cf::Chunks, Cf::Packs, Cf::Roots, Cf::Meta];
+    const ALL: [Cf; 7] = [Cf::Trees, Cf::Files, Cf::Chunks, Cf::Packs, Cf::Roots, Cf::Meta, Cf::Remote];
 
     fn name(self) -> &'static str {
         match self {
@@ -39,6 +41,7 @@ impl Cf {
             Cf::Packs => "packs",
             Cf::Roots => "roots",
             Cf::Meta => "meta",
+            Cf::Remote => "remote",
         }
     }
 }

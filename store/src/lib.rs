@@ -3,6 +3,7 @@
 //! ```text
 //!  Store (store.rs) ── roots, lookup, read_at, caches; ingest.rs, ops.rs (export/verify/stats)
 //!    │
+//!    ├── sync.rs, remote.rs    S3: push, lazy fetch, pull, eviction, gc (remote.rs: the SDK)
 //!    ├── results.rs            build results (input digest → output tree), recipes, aliases
 //!    ├── Index (index.rs)      RocksDB, metadata only: trees, file chunk lists, locators, packs, roots
 //!    ├── packs (pack.rs)       append-only files of zstd chunks, verified on every read
@@ -25,8 +26,10 @@ pub mod ingest;
 pub mod ops;
 pub mod pack;
 pub mod records;
+pub mod remote;
 pub mod results;
 pub mod store;
+pub mod sync;
 pub mod tree;
 
 pub use digest::{Digest, Hasher, Kind};
@@ -34,5 +37,7 @@ pub use error::{Error, Result};
 pub use ingest::{Filter, IngestReport};
 pub use ops::{Problem, Stats, VerifyReport};
 pub use records::{ChunkRef, FileRecord};
+pub use remote::RemoteConfig;
 pub use store::{CacheStats, Options, Root, Store};
+pub use sync::{GcReport, PullReport, PushReport};
 pub use tree::{Entry, EntryKind, Tree};

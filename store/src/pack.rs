@@ -20,7 +20,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::records::{Codec, Locator, PackInfo};
 
 const MAGIC: &[u8; 8] = b"VPFSPAK1";
-const RECORD_HEADER: u64 = 32 + 4 + 4 + 1;
+pub const RECORD_HEADER: u64 = 32 + 4 + 4 + 1;
 
 /// A pack is sealed and a new one started past this size.
 pub const PACK_TARGET_SIZE: u64 = 128 << 20;
@@ -119,6 +119,11 @@ impl PackWriter {
         Ok(loc)
     }
 
+    /// Makes what was appended readable through other handles (no fsync).
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush().at(&self.path)
+    }
+
     /// Flushes and fsyncs the pack (and its directory entry).
     pub fn seal(self) -> Result<(u64, PackInfo)> {
         let file = self.out.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
@@ -175,6 +180,15 @@ impl PackReader {
             }
         })?;
         decode_chunk(id, loc, &stored)
+    }
+
+    /// A chunk's stored (still encoded) bytes, after checking that they decode to the chunk.
+    pub fn read_stored(&self, id: &Digest, loc: &Locator) -> Result<Vec<u8>> {
+        let f = self.file(loc.pack)?;
+        let mut stored = vec![0u8; loc.stored_len as usize];
+        f.read_exact_at(&mut stored, loc.offset).map_err(|e| Error::io(pack_path(&self.dir, loc.pack), e))?;
+        decode_chunk(id, loc, &stored)?;
+        Ok(stored)
     }
 
     /// Forgets an open handle (after the pack file was removed).

@@ -79,7 +79,18 @@ impl Store {
         if let Some(tree) = self.result(name)? {
             return Ok(Some(tree));
         }
-        Ok(self.roots()?.iter().any(|r| r.digest == *name).then_some(*name))
+        if self.roots()?.iter().any(|r| r.digest == *name) {
+            return Ok(Some(*name));
+        }
+        // Published by another host: its metadata comes now, its data when read. While S3 is
+        // unreachable such a name is simply not there (and the error is logged).
+        if self.has_remote() {
+            match self.find_root(&name.to_hex()) {
+                Ok(found) => return Ok(found),
+                Err(e) => tracing::warn!(%name, "cannot look the name up in S3: {e}"),
+            }
+        }
+        Ok(None)
     }
 
     /// Every `(name, tree)` the mount shows at its top level, sorted by name, without duplicates.

@@ -1,0 +1,677 @@
+//! The store and S3: push, lazy lookup of remote roots, fetching chunks on read, pull, the
+//! cache budget (eviction) and garbage collection.
+//!
+//! Objects under the prefix, all immutable and content-addressed except root names:
+//!
+//! ```text
+//! packs/<hex>    chunk records exactly as in local packs (header + stored bytes); <hex> is the
+//!                BLAKE3 of the object, so two stores pushing the same chunks write the same key
+//! indexes/<hex>  zstd of: every tree and file record of one root's closure, and for every chunk
+//!                its place (pack, offset, stored/raw length, codec); <hex> = BLAKE3 of the object
+//! roots/<name>   "vorpalfs root v1\ntree <hex>\nindex <hex>\n"; build results are roots named
+//!                by their input digest
+//! ```
+//! A host that has never seen an artifact reads its root object and its index (metadata only,
+//! verified: the index by its digest, each tree by its own) and records them locally; the
+//! artifact then appears in the mount, and each chunk is fetched by a ranged GET of its pack
+//! when first read, verified, appended to a local "fetched" pack and indexed. Fetched packs are
+//! the cache: past the byte budget the least recently read ones are evicted (their chunks stay
+//! known in S3); data ingested here (pinned by its roots) is never evicted.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::digest::{Digest, Kind};
+use crate::error::{Error, IoContext, Result};
+use crate::index::{Batch, Cf};
+use crate::pack::{PackWriter, RECORD_HEADER, decode_chunk};
+use crate::records::{Codec, FileRecord, Locator, PackInfo};
+use crate::remote::Remote;
+use crate::store::Store;
+use crate::tree::{EntryKind, Tree};
+
+const INDEX_MAGIC: &[u8; 8] = b"VPFSIDX1";
+/// Fetched packs are cut at this size: the unit of eviction.
+const FETCH_PACK_SIZE: u64 = 16 << 20;
+/// A pull coalesces neighbouring chunks of a pack into ranged GETs of up to this size.
+const PULL_RANGE: u64 = 16 << 20;
+const FETCHED: &[u8] = b"fetched-pack:";
+
+/// Where a chunk is in S3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteLocator {
+    pub pack: Digest,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+impl RemoteLocator {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(49);
+        v.extend_from_slice(self.pack.as_bytes());
+        v.extend_from_slice(&self.offset.to_le_bytes());
+        v.extend_from_slice(&self.stored_len.to_le_bytes());
+        v.extend_from_slice(&self.raw_len.to_le_bytes());
+        v.push(self.codec as u8);
+        v
+    }
+
+    fn decode(b: &[u8]) -> Option<RemoteLocator> {
+        if b.len() != 49 {
+            return None;
+        }
+        Some(RemoteLocator {
+            pack: Digest::from_slice(&b[..32])?,
+            offset: u64::from_le_bytes(b[32..40].try_into().ok()?),
+            stored_len: u32::from_le_bytes(b[40..44].try_into().ok()?),
+            raw_len: u32::from_le_bytes(b[44..48].try_into().ok()?),
+            codec: Codec::from_u8(b[48])?,
+        })
+    }
+
+    fn local(&self, pack: u64, offset: u64) -> Locator {
+        Locator { pack, offset, stored_len: self.stored_len, raw_len: self.raw_len, codec: self.codec }
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    pub name: String,
+    pub tree: Digest,
+    /// True when S3 already had this root with this tree: nothing was sent.
+    pub already: bool,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub uploaded_bytes: u64,
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PullReport {
+    pub tree: Digest,
+    pub chunks: u64,
+    pub fetched_chunks: u64,
+    pub fetched_bytes: u64,
+}
+
+/// What a garbage collection freed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub packs_removed: u64,
+    pub bytes_freed: u64,
+    pub chunks_dropped: u64,
+}
+
+/// State of the store's side of S3: the open fetch pack and read recency of fetched packs.
+#[derive(Default)]
+pub(crate) struct SyncState {
+    fetch_pack: Mutex<Option<PackWriter>>,
+    /// Last read of each fetched pack, in memory only (never a write on the read path).
+    recency: Mutex<HashMap<u64, Instant>>,
+    last_offline_log: Mutex<Option<Instant>>,
+}
+
+struct Closure {
+    trees: Vec<(Digest, Vec<u8>)>,
+    files: Vec<(Digest, FileRecord)>,
+    chunks: Vec<Digest>,
+}
+
+impl Store {
+    fn remote_or_err(&self) -> Result<&Remote> {
+        self.remote.as_ref().ok_or_else(|| Error::Invalid("no S3 location is configured (--s3 or VORPALFS_S3)".into()))
+    }
+
+    /// Whether an S3 location is configured.
+    pub fn has_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    fn remote_locator(&self, id: &Digest) -> Result<Option<RemoteLocator>> {
+        Ok(self.index.get(Cf::Remote, id.as_bytes())?.and_then(|v| RemoteLocator::decode(&v)))
+    }
+
+    /// Every tree, file and chunk reachable from a tree (each once).
+    fn closure(&self, root: &Digest) -> Result<Closure> {
+        let mut c = Closure { trees: Vec::new(), files: Vec::new(), chunks: Vec::new() };
+        let (mut seen_t, mut seen_f, mut seen_c) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let mut stack = vec![*root];
+        while let Some(t) = stack.pop() {
+            if !seen_t.insert(t) {
+                continue;
+            }
+            let bytes = self.index.get(Cf::Trees, t.as_bytes())?.ok_or(Error::Missing { what: "tree", digest: t })?;
+            let tree = Tree::decode(&bytes, &t)?;
+            c.trees.push((t, bytes));
+            for e in tree.entries() {
+                match &e.kind {
+                    EntryKind::Dir { digest, .. } => stack.push(*digest),
+                    EntryKind::File { digest, .. } => {
+                        if seen_f.insert(*digest) {
+                            let f = self.file(digest)?;
+                            for ch in &f.chunks {
+                                if seen_c.insert(ch.id) {
+                                    c.chunks.push(ch.id);
+                                }
+                            }
+                            c.files.push((*digest, (*f).clone()));
+                        }
+                    }
+                    EntryKind::Symlink { .. } => {}
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The root name `what` is pushed under: a root's own name, or the input digest of the
+    /// newest build of an artifact name.
+    fn push_name(&self, what: &str) -> Result<(String, Digest)> {
+        if let Some(v) = self.index.get(Cf::Roots, what.as_bytes())?
+            && let Some(d) = Digest::from_slice(&v)
+        {
+            return Ok((what.to_string(), d));
+        }
+        if let Some(input) = self.alias(what)?
+            && let Some(tree) = self.result(&input)?
+        {
+            return Ok((input.to_hex(), tree));
+        }
+        if let Ok(d) = what.parse::<Digest>()
+            && self.has_tree(&d)?
+            && self.roots()?.iter().any(|r| r.digest == d)
+        {
+            return Ok((d.to_hex(), d));
+        }
+        Err(Error::UnknownRoot(what.to_string()))
+    }
+
+    /// Uploads a root and whatever of its data S3 lacks. Idempotent.
+    pub fn push(&self, what: &str, progress: &dyn Fn(u64, u64)) -> Result<PushReport> {
+        let remote = self.remote_or_err()?;
+        let (name, tree) = self.push_name(what)?;
+        let mut report = PushReport { name: name.clone(), tree, ..Default::default() };
+        if let Some(obj) = remote.get(&format!("roots/{name}"))?
+            && parse_root(&obj).is_some_and(|(t, _)| t == tree)
+        {
+            report.already = true;
+            return Ok(report);
+        }
+        let c = self.closure(&tree)?;
+        report.chunks = c.chunks.len() as u64;
+        // The chunks S3 is not known to have go into one new pack, streamed through a file.
+        let mut locs: HashMap<Digest, RemoteLocator> = HashMap::new();
+        let mut new = Vec::new();
+        for id in &c.chunks {
+            match self.remote_locator(id)? {
+                Some(l) => {
+                    locs.insert(*id, l);
+                }
+                None => new.push(*id),
+            }
+        }
+        report.new_chunks = new.len() as u64;
+        let tmp_dir = self.dir().join("tmp");
+        std::fs::create_dir_all(&tmp_dir).at(&tmp_dir)?;
+        let mut batch = Batch::default();
+        if !new.is_empty() {
+            let tmp = tmp_dir.join(format!("push-{}-{}.pack", std::process::id(), tree.short()));
+            let result = (|| -> Result<()> {
+                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).at(&tmp)?);
+                let mut h = blake3::Hasher::new();
+                let mut offset = 0u64;
+                let mut placed = Vec::with_capacity(new.len());
+                for id in &new {
+                    let loc = self.locator(id)?;
+                    let stored = self.packs.read_stored(id, &loc)?;
+                    let mut header = [0u8; RECORD_HEADER as usize];
+                    header[..32].copy_from_slice(id.as_bytes());
+                    header[32..36].copy_from_slice(&loc.raw_len.to_le_bytes());
+                    header[36..40].copy_from_slice(&loc.stored_len.to_le_bytes());
+                    header[40] = loc.codec as u8;
+                    for part in [&header[..], &stored[..]] {
+                        out.write_all(part).at(&tmp)?;
+                        h.update(part);
+                    }
+                    placed.push((*id, offset + RECORD_HEADER, loc));
+                    offset += RECORD_HEADER + stored.len() as u64;
+                }
+                out.flush().at(&tmp)?;
+                drop(out);
+                let pack = Digest(*h.finalize().as_bytes());
+                let key = format!("packs/{pack}");
+                if !remote.exists(&key)? {
+                    progress(0, offset);
+                    remote.put_file(&key, &tmp)?;
+                    report.uploaded_bytes += offset;
+                    progress(offset, offset);
+                }
+                for (id, off, loc) in placed {
+                    let rl = RemoteLocator {
+                        pack,
+                        offset: off,
+                        stored_len: loc.stored_len,
+                        raw_len: loc.raw_len,
+                        codec: loc.codec,
+                    };
+                    batch.put(Cf::Remote, id.as_bytes(), &rl.encode());
+                    locs.insert(id, rl);
+                }
+                Ok(())
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            result?;
+        }
+        let index = encode_index(&c, &locs)?;
+        let index_digest = Digest(*blake3::hash(&index).as_bytes());
+        let key = format!("indexes/{index_digest}");
+        if !remote.exists(&key)? {
+            report.uploaded_bytes += index.len() as u64;
+            remote.put(&key, index, false)?;
+        }
+        let root_obj = format!("vorpalfs root v1\ntree {tree}\nindex {index_digest}\n");
+        // A named root is also findable by its tree digest, which is what the mount shows.
+        if name.parse::<Digest>().is_err() {
+            remote.put(&format!("roots/{tree}"), root_obj.clone().into_bytes(), false)?;
+        }
+        remote.put(&format!("roots/{name}"), root_obj.into_bytes(), false)?;
+        self.commit(batch)?;
+        Ok(report)
+    }
+
+    /// A root by name: this store's, else (with S3) the remote one, recorded here with its
+    /// metadata but none of its data. `None` when neither has it.
+    pub fn find_root(&self, name: &str) -> Result<Option<Digest>> {
+        if let Some(v) = self.index.get(Cf::Roots, name.as_bytes())? {
+            return Ok(Digest::from_slice(&v));
+        }
+        let Some(remote) = &self.remote else { return Ok(None) };
+        let Some(obj) = remote.get(&format!("roots/{name}"))? else { return Ok(None) };
+        let url = || format!("{}/roots/{name}", remote.config().url());
+        let (tree, index_digest) =
+            parse_root(&obj).ok_or_else(|| Error::Remote { url: url(), message: "not a root object".into() })?;
+        let mut batch = Batch::default();
+        if !self.has_tree(&tree)? {
+            let key = format!("indexes/{index_digest}");
+            let bytes = remote.get(&key)?.ok_or_else(|| Error::Remote {
+                url: format!("{}/{key}", remote.config().url()),
+                message: "missing (the root names it)".into(),
+            })?;
+            if Digest(*blake3::hash(&bytes).as_bytes()) != index_digest {
+                return Err(Error::Corrupt {
+                    what: "remote index",
+                    digest: index_digest,
+                    detail: "content does not match its name".into(),
+                });
+            }
+            decode_index(&bytes, &index_digest, &mut batch, self)?;
+        }
+        batch.put(Cf::Roots, name.as_bytes(), tree.as_bytes());
+        self.commit(batch)?;
+        tracing::info!(name, %tree, "found in S3");
+        Ok(Some(tree))
+    }
+
+    /// Fetches a chunk from S3 (verified), keeps it in a local fetched pack and indexes it.
+    pub(crate) fn fetch_remote(&self, id: &Digest) -> Result<Option<Vec<u8>>> {
+        let Some(remote) = &self.remote else { return Ok(None) };
+        let Some(rl) = self.remote_locator(id)? else { return Ok(None) };
+        let stored = match remote.get_range(&format!("packs/{}", rl.pack), rl.offset, u64::from(rl.stored_len)) {
+            Ok(s) => s,
+            Err(e) => {
+                self.log_offline(&e);
+                return Err(e);
+            }
+        };
+        let data = decode_chunk(id, &rl.local(0, rl.offset), &stored).map_err(|e| match e {
+            Error::Corrupt { what, digest, detail } => {
+                Error::Corrupt { what, digest, detail: format!("{detail} (fetched from S3 pack {})", rl.pack) }
+            }
+            e => e,
+        })?;
+        self.keep_fetched(&[(*id, rl, stored)])?;
+        Ok(Some(data))
+    }
+
+    /// One line when S3 becomes unreachable, then at most one a minute.
+    fn log_offline(&self, e: &Error) {
+        let mut last = self.sync.last_offline_log.lock().unwrap();
+        if last.is_none_or(|t| t.elapsed().as_secs() >= 60) {
+            tracing::error!("S3 unreachable, uncached reads fail with EIO until it is back: {e}");
+            *last = Some(Instant::now());
+        }
+    }
+
+    /// Appends verified chunks to the open fetch pack and indexes them in one commit.
+    fn keep_fetched(&self, chunks: &[(Digest, RemoteLocator, Vec<u8>)]) -> Result<()> {
+        let mut slot = self.sync.fetch_pack.lock().unwrap();
+        let mut batch = Batch::default();
+        for (id, rl, stored) in chunks {
+            if slot.is_none() {
+                let pid = self.alloc_pack_id();
+                let w = PackWriter::create(&self.packs_dir, pid)?;
+                // Named in the index at once, so that opening the store keeps it.
+                let mut b = Batch::default();
+                b.put(Cf::Packs, &pid.to_be_bytes(), &PackInfo { size: 0, chunks: 0 }.encode());
+                b.put(Cf::Meta, &[FETCHED, &pid.to_be_bytes()[..]].concat(), b"");
+                self.commit(b)?;
+                *slot = Some(w);
+            }
+            let w = slot.as_mut().expect("just opened");
+            let loc = w.append(id, rl.raw_len, rl.codec, stored)?;
+            batch.put(Cf::Chunks, id.as_bytes(), &loc.encode());
+            self.sync.recency.lock().unwrap().insert(w.id(), Instant::now());
+        }
+        let full = slot.as_ref().is_some_and(|w| w.len() >= FETCH_PACK_SIZE);
+        if let Some(w) = slot.as_mut() {
+            w.flush()?;
+        }
+        if full {
+            let (pid, info) = slot.take().expect("open").seal()?;
+            batch.put(Cf::Packs, &pid.to_be_bytes(), &info.encode());
+        }
+        drop(slot);
+        self.commit(batch)?;
+        if full {
+            self.evict()?;
+        }
+        Ok(())
+    }
+
+    /// Notes a read of a local pack (for eviction order); memory only.
+    pub(crate) fn touch_pack(&self, pack: u64) {
+        if self.remote.is_some() && self.opts.cache_bytes.is_some() {
+            let mut r = self.sync.recency.lock().unwrap();
+            if let Some(t) = r.get_mut(&pack) {
+                *t = Instant::now();
+            }
+        }
+    }
+
+    /// Fetched packs with their sizes.
+    fn fetched_packs(&self) -> Result<Vec<(u64, u64)>> {
+        let mut ids = Vec::new();
+        self.index.scan(Cf::Meta, |k, _| {
+            if let Some(rest) = k.strip_prefix(FETCHED)
+                && let Ok(b) = rest.try_into()
+            {
+                ids.push(u64::from_be_bytes(b));
+            }
+            true
+        })?;
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let len = std::fs::metadata(crate::pack::pack_path(&self.packs_dir, id)).map_or(0, |m| m.len());
+                (id, len)
+            })
+            .collect())
+    }
+
+    /// Bytes of fetched (evictable) data on disk.
+    pub fn cache_bytes(&self) -> Result<u64> {
+        Ok(self.fetched_packs()?.iter().map(|p| p.1).sum())
+    }
+
+    /// Evicts the least recently read fetched packs until they fit the cache budget. Their
+    /// chunks stay known in S3 and are fetched again when read. Returns the bytes freed.
+    pub fn evict(&self) -> Result<u64> {
+        let Some(budget) = self.opts.cache_bytes else { return Ok(0) };
+        let open = self.sync.fetch_pack.lock().unwrap().as_ref().map(|w| w.id());
+        let mut packs = self.fetched_packs()?;
+        let mut total: u64 = packs.iter().map(|p| p.1).sum();
+        if total <= budget {
+            return Ok(0);
+        }
+        let recency = self.sync.recency.lock().unwrap().clone();
+        packs.sort_by_key(|(id, _)| recency.get(id).copied());
+        let mut freed = 0;
+        for (id, len) in packs {
+            if total <= budget {
+                break;
+            }
+            if Some(id) == open {
+                continue;
+            }
+            self.drop_pack(id)?;
+            self.sync.recency.lock().unwrap().remove(&id);
+            total -= len;
+            freed += len;
+            tracing::debug!(pack = id, bytes = len, "evicted");
+        }
+        Ok(freed)
+    }
+
+    /// Removes a pack and every locator pointing into it.
+    fn drop_pack(&self, id: u64) -> Result<u64> {
+        let mut keys = Vec::new();
+        self.index.scan(Cf::Chunks, |k, v| {
+            if let Some(d) = Digest::from_slice(k)
+                && let Ok(l) = Locator::decode(v, &d)
+                && l.pack == id
+            {
+                keys.push(k.to_vec());
+            }
+            true
+        })?;
+        let dropped = keys.len() as u64;
+        let mut del = Batch::default();
+        for k in keys {
+            del.delete(Cf::Chunks, &k);
+        }
+        del.delete(Cf::Packs, &id.to_be_bytes());
+        del.delete(Cf::Meta, &[FETCHED, &id.to_be_bytes()[..]].concat());
+        self.commit(del)?;
+        self.packs.forget(id);
+        let path = crate::pack::pack_path(&self.packs_dir, id);
+        std::fs::remove_file(&path).at(&path)?;
+        Ok(dropped)
+    }
+
+    /// Fetches every chunk of a root that is not here (finding the root in S3 if need be).
+    pub fn pull(&self, what: &str, progress: &dyn Fn(u64, u64)) -> Result<PullReport> {
+        let remote = self.remote_or_err()?;
+        let tree = match self.find_root(what)? {
+            Some(t) => t,
+            None => self.resolve(what)?,
+        };
+        let c = self.closure(&tree)?;
+        let mut report = PullReport { tree, chunks: c.chunks.len() as u64, ..Default::default() };
+        let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>> = HashMap::new();
+        for id in &c.chunks {
+            if self.index.contains(Cf::Chunks, id.as_bytes())? {
+                continue;
+            }
+            let rl = self.remote_locator(id)?.ok_or(Error::Missing { what: "chunk (here or in S3)", digest: *id })?;
+            by_pack.entry(rl.pack).or_default().push((*id, rl));
+        }
+        let total: u64 = by_pack.values().flatten().map(|(_, rl)| u64::from(rl.stored_len)).sum();
+        let mut done = 0u64;
+        for (pack, mut chunks) in by_pack {
+            chunks.sort_by_key(|(_, rl)| rl.offset);
+            let mut i = 0;
+            while i < chunks.len() {
+                // A run of chunks close together, up to PULL_RANGE bytes, in one GET.
+                let start = chunks[i].1.offset;
+                let mut j = i + 1;
+                let mut end = start + u64::from(chunks[i].1.stored_len);
+                while j < chunks.len() {
+                    let rl = chunks[j].1;
+                    let next_end = rl.offset + u64::from(rl.stored_len);
+                    if rl.offset > end + (1 << 20) || next_end - start > PULL_RANGE {
+                        break;
+                    }
+                    end = end.max(next_end);
+                    j += 1;
+                }
+                let bytes = remote.get_range(&format!("packs/{pack}"), start, end - start)?;
+                let mut got = Vec::with_capacity(j - i);
+                for (id, rl) in &chunks[i..j] {
+                    let at = (rl.offset - start) as usize;
+                    let stored = bytes[at..at + rl.stored_len as usize].to_vec();
+                    decode_chunk(id, &rl.local(0, rl.offset), &stored)?;
+                    report.fetched_bytes += u64::from(rl.raw_len);
+                    done += u64::from(rl.stored_len);
+                    got.push((*id, *rl, stored));
+                }
+                report.fetched_chunks += got.len() as u64;
+                self.keep_fetched(&got)?;
+                progress(done, total);
+                i = j;
+            }
+        }
+        self.evict()?;
+        Ok(report)
+    }
+
+    /// Removes packs no root reaches any more, and the locators of unreachable chunks.
+    pub fn gc(&self) -> Result<GcReport> {
+        let mut live = HashSet::new();
+        for r in self.roots()? {
+            if self.has_tree(&r.digest)? {
+                live.extend(self.closure(&r.digest)?.chunks);
+            }
+        }
+        let open = self.sync.fetch_pack.lock().unwrap().as_ref().map(|w| w.id());
+        let mut dead = Batch::default();
+        let mut live_packs = HashSet::new();
+        let mut report = GcReport::default();
+        self.index.scan(Cf::Chunks, |k, v| {
+            if let Some(d) = Digest::from_slice(k) {
+                if live.contains(&d) {
+                    if let Ok(l) = Locator::decode(v, &d) {
+                        live_packs.insert(l.pack);
+                    }
+                } else {
+                    dead.delete(Cf::Chunks, k);
+                    report.chunks_dropped += 1;
+                }
+            }
+            true
+        })?;
+        self.commit(dead)?;
+        for (id, info) in self.packs()? {
+            if live_packs.contains(&id) || Some(id) == open {
+                continue;
+            }
+            let path = crate::pack::pack_path(&self.packs_dir, id);
+            let len = std::fs::metadata(&path).map_or(info.size, |m| m.len());
+            let mut b = Batch::default();
+            b.delete(Cf::Packs, &id.to_be_bytes());
+            b.delete(Cf::Meta, &[FETCHED, &id.to_be_bytes()[..]].concat());
+            self.commit(b)?;
+            self.packs.forget(id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+            report.packs_removed += 1;
+            report.bytes_freed += len;
+        }
+        Ok(report)
+    }
+
+    /// Counters of S3 traffic, if configured: (GETs, bytes got, PUTs, bytes put, errors).
+    pub fn remote_counters(&self) -> Option<[u64; 5]> {
+        let s = &self.remote.as_ref()?.stats;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Some([l(&s.gets), l(&s.get_bytes), l(&s.puts), l(&s.put_bytes), l(&s.errors)])
+    }
+}
+
+fn parse_root(obj: &[u8]) -> Option<(Digest, Digest)> {
+    let text = std::str::from_utf8(obj).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != "vorpalfs root v1" {
+        return None;
+    }
+    let tree = lines.next()?.strip_prefix("tree ")?.parse().ok()?;
+    let index = lines.next()?.strip_prefix("index ")?.parse().ok()?;
+    Some((tree, index))
+}
+
+fn encode_index(c: &Closure, locs: &HashMap<Digest, RemoteLocator>) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    raw.extend_from_slice(INDEX_MAGIC);
+    raw.extend_from_slice(&(c.trees.len() as u32).to_le_bytes());
+    for (d, bytes) in &c.trees {
+        raw.extend_from_slice(d.as_bytes());
+        raw.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        raw.extend_from_slice(bytes);
+    }
+    raw.extend_from_slice(&(c.files.len() as u32).to_le_bytes());
+    for (d, f) in &c.files {
+        let bytes = f.encode();
+        raw.extend_from_slice(d.as_bytes());
+        raw.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        raw.extend_from_slice(&bytes);
+    }
+    raw.extend_from_slice(&(c.chunks.len() as u32).to_le_bytes());
+    for id in &c.chunks {
+        let l = locs.get(id).ok_or(Error::Missing { what: "chunk's place in S3", digest: *id })?;
+        raw.extend_from_slice(id.as_bytes());
+        raw.extend_from_slice(&l.encode());
+    }
+    zstd::bulk::compress(&raw, 3).map_err(|e| Error::Invalid(format!("cannot compress an index: {e}")))
+}
+
+fn decode_index(bytes: &[u8], digest: &Digest, batch: &mut Batch, store: &Store) -> Result<()> {
+    let corrupt = |detail: &str| Error::Corrupt { what: "remote index", digest: *digest, detail: detail.into() };
+    let raw = zstd::stream::decode_all(bytes).map_err(|_| corrupt("not zstd"))?;
+    let mut r = &raw[..];
+    let mut take = |n: usize| -> Result<&[u8]> {
+        if r.len() < n {
+            return Err(corrupt("truncated"));
+        }
+        let (a, b) = r.split_at(n);
+        r = b;
+        Ok(a)
+    };
+    if take(8)? != INDEX_MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    let n = u32::from_le_bytes(take(4)?.try_into().unwrap());
+    for _ in 0..n {
+        let d = Digest::from_slice(take(32)?).expect("32 bytes");
+        let len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+        let t = take(len)?;
+        if Digest::of(Kind::Tree, t) != d {
+            return Err(Error::Corrupt {
+                what: "tree",
+                digest: d,
+                detail: "from S3: encoding does not match its digest".into(),
+            });
+        }
+        Tree::decode(t, &d)?;
+        batch.put(Cf::Trees, d.as_bytes(), t);
+    }
+    let n = u32::from_le_bytes(take(4)?.try_into().unwrap());
+    for _ in 0..n {
+        let d = Digest::from_slice(take(32)?).expect("32 bytes");
+        let len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+        let f = take(len)?;
+        FileRecord::decode(f, &d)?;
+        if !store.index.contains(Cf::Files, d.as_bytes())? {
+            batch.put(Cf::Files, d.as_bytes(), f);
+        }
+    }
+    let n = u32::from_le_bytes(take(4)?.try_into().unwrap());
+    for _ in 0..n {
+        let id = take(32)?.to_vec();
+        let l = take(49)?;
+        RemoteLocator::decode(l).ok_or_else(|| corrupt("bad chunk locator"))?;
+        batch.put(Cf::Remote, &id, l);
+    }
+    Ok(())
+}
