@@ -9,6 +9,7 @@ packages=(
   fuse3             # fusermount3 and /etc/fuse.conf for the mount
   util-linux        # mount, setpriv, unshare
   busybox-static    # the rootfs of examples/hermetic
+  python3-venv      # scripts/test.sh installs the S3 test server (moto) in a venv
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,15 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
+# The S3-compatible server the S3 tests start on 127.0.0.1 (one per test, on a free port).
+venv="${VORPALFS_VENV:-/var/tmp/vorpalfs-venv}"
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "test.sh: installing moto_server into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]'
+fi
+export VORPALFS_MOTO="$venv/bin/moto_server"
+
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "cargo fmt --check"

@@ -10,6 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "harness/s3_server.rs"]
+pub mod s3_server;
+
 /// Path of the `vorpalfs` binary built in the same target directory as this test.
 pub fn vorpalfs_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VORPALFS_BIN") {
@@ -30,6 +33,8 @@ pub fn vorpalfs_bin() -> PathBuf {
 pub struct Env {
     pub tmp: tempfile::TempDir,
     pub store: PathBuf,
+    /// Extra environment for every command (e.g. `VORPALFS_S3`).
+    pub vars: Vec<(String, String)>,
 }
 
 /// The result of one run of the binary.
@@ -74,7 +79,7 @@ impl Env {
     pub fn new() -> Env {
         let tmp = tempfile::Builder::new().prefix("vorpalfs-test").tempdir().expect("tempdir");
         let store = tmp.path().join("store");
-        Env { tmp, store }
+        Env { tmp, store, vars: Vec::new() }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -89,6 +94,7 @@ impl Env {
     {
         let mut c = Command::new(vorpalfs_bin());
         c.env("VORPALFS_STORE_DIR", &self.store).env_remove("RUST_LOG").args(args);
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
     }
 

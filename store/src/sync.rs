@@ -34,8 +34,11 @@ use crate::store::Store;
 use crate::tree::{EntryKind, Tree};
 
 const INDEX_MAGIC: &[u8; 8] = b"VPFSIDX1";
-/// Fetched packs are cut at this size: the unit of eviction.
+/// Fetched packs are cut at this size (or an eighth of the cache budget, at least 1 MiB): the
+/// unit of eviction.
 const FETCH_PACK_SIZE: u64 = 16 << 20;
+/// The largest chunk (the chunker's maximum).
+const MAX_CHUNK: u64 = 4 << 20;
 /// A pull coalesces neighbouring chunks of a pack into ranged GETs of up to this size.
 const PULL_RANGE: u64 = 16 << 20;
 const FETCHED: &[u8] = b"fetched-pack:";
@@ -372,7 +375,7 @@ impl Store {
             batch.put(Cf::Chunks, id.as_bytes(), &loc.encode());
             self.sync.recency.lock().unwrap().insert(w.id(), Instant::now());
         }
-        let full = slot.as_ref().is_some_and(|w| w.len() >= FETCH_PACK_SIZE);
+        let full = slot.as_ref().is_some_and(|w| w.len() >= self.fetch_pack_size());
         if let Some(w) = slot.as_mut() {
             w.flush()?;
         }
@@ -423,10 +426,16 @@ impl Store {
         Ok(self.fetched_packs()?.iter().map(|p| p.1).sum())
     }
 
-    /// Evicts the least recently read fetched packs until they fit the cache budget. Their
-    /// chunks stay known in S3 and are fetched again when read. Returns the bytes freed.
+    fn fetch_pack_size(&self) -> u64 {
+        self.opts.cache_bytes.map_or(FETCH_PACK_SIZE, |b| (b / 8).clamp(1 << 20, FETCH_PACK_SIZE))
+    }
+
+    /// Evicts the least recently read fetched packs until they fit the cache budget, with room
+    /// left for the open fetch pack to fill. Their chunks stay known in S3 and are fetched again
+    /// when read. Returns the bytes freed.
     pub fn evict(&self) -> Result<u64> {
         let Some(budget) = self.opts.cache_bytes else { return Ok(0) };
+        let budget = budget.saturating_sub(self.fetch_pack_size() + MAX_CHUNK);
         let open = self.sync.fetch_pack.lock().unwrap().as_ref().map(|w| w.id());
         let mut packs = self.fetched_packs()?;
         let mut total: u64 = packs.iter().map(|p| p.1).sum();
