@@ -297,6 +297,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     f["reads"], f["read_bytes"], f["reads_deferred"], f["read_errors"]
                 );
                 println!("lookups      {} ({} inodes held)", f["lookups"], f["inodes"]);
+                let s3 = &st["s3"];
+                if !s3.is_null() {
+                    println!(
+                        "s3           {}: {} GETs ({} bytes), {} PUTs ({} bytes), {} errors; cache {} bytes (budget {})",
+                        s3["url"].as_str().unwrap_or("?"),
+                        s3["gets"],
+                        s3["get_bytes"],
+                        s3["puts"],
+                        s3["put_bytes"],
+                        s3["errors"],
+                        s3["cache_bytes"],
+                        if s3["cache_budget"].is_null() { "none".to_string() } else { s3["cache_budget"].to_string() }
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
