@@ -218,3 +218,31 @@ fn a_build_cached_in_s3_is_not_rebuilt_and_its_output_is_not_downloaded() {
     let out = Command::new(mb.path(&digest).join("bin/hello")).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello from vorpalfs!\n");
 }
+
+#[test]
+fn two_hosts_on_one_bucket_build_a_digest_once() {
+    let s3 = S3Server::start();
+    let a = host(&s3, "claim", None);
+    let b = host(&s3, "claim", None);
+    let (ma, mb) = (a.mount(), b.mount());
+    let proj = a.path("proj");
+    write(
+        &proj.join("vorpalfs.toml"),
+        b"[[artifact]]\nname = \"slow\"\n[[artifact.step]]\nscript = \"sleep 2; echo done > $VORPAL_OUTPUT/x\"\n",
+    );
+    let run = |env: &Env, m: &Mount| -> Run {
+        env.cmd(["build", proj.to_str().unwrap()]).env("VORPALFS_MOUNTPOINT", &m.dir).output().unwrap().into()
+    };
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| run(&a, &ma));
+        let tb = s.spawn(|| run(&b, &mb));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let (pa, pb) = (ra.ok().trim().to_string(), rb.ok().trim().to_string());
+    assert_eq!(Path::new(&pa).file_name(), Path::new(&pb).file_name(), "one digest");
+    let built = [&ra, &rb].iter().filter(|r| r.stderr.contains("building slow")).count();
+    assert_eq!(built, 1, "A:\n{}\nB:\n{}", ra.stderr, rb.stderr);
+    assert_eq!(fs::read_to_string(Path::new(&pa).join("x")).unwrap(), "done\n");
+    assert_eq!(fs::read_to_string(Path::new(&pb).join("x")).unwrap(), "done\n");
+    assert!(s3.keys("claim/claims/").is_empty(), "the claim is released");
+}

@@ -545,10 +545,82 @@ impl Builder {
             }
             flights.insert(digest);
         }
-        let r = self.execute(plan, i, opts, events, cancel);
+        let r = match self.claim(plan, i, &digest, events, cancel) {
+            Ok(Claim::Theirs(tree)) => Ok(tree),
+            Ok(Claim::Ours) => {
+                let r = self.execute(plan, i, opts, events, cancel);
+                if self.store.has_remote()
+                    && let Err(e) = self.store.remote_release(&digest.to_hex())
+                {
+                    tracing::warn!(%digest, "cannot release the build claim in S3: {e}");
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
         self.flights.lock().unwrap().remove(&digest);
         self.landed.notify_all();
         r
+    }
+
+    /// With S3, claims the digest for this host (a conditional put), or waits while another
+    /// host builds it and takes its result. A claim older than the artifact's timeout plus ten
+    /// minutes (an hour without a timeout) is taken as abandoned.
+    fn claim(
+        &self,
+        plan: &Plan<'_>,
+        i: usize,
+        digest: &Digest,
+        events: &(dyn Fn(Event) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<Claim> {
+        if !self.store.has_remote() {
+            return Ok(Claim::Ours);
+        }
+        let a = &plan.m.artifacts[i];
+        let name = digest.to_hex();
+        let owner = format!(
+            "{}:{}",
+            nix::unistd::gethostname().map_or("?".into(), |h| h.to_string_lossy().into_owned()),
+            std::process::id()
+        );
+        let stale = a.timeout.map_or(3600, |t| t.as_secs() + 600);
+        let mut said = false;
+        loop {
+            match self.store.remote_claim(&name, &owner, false) {
+                Ok(true) => return Ok(Claim::Ours),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%digest, "cannot claim the build in S3 (building anyway): {e}");
+                    return Ok(Claim::Ours);
+                }
+            }
+            loop {
+                if cancel.load(Ordering::SeqCst) {
+                    return Err(Error::Cancelled);
+                }
+                if let Some(tree) = self.existing(digest)? {
+                    return Ok(Claim::Theirs(tree));
+                }
+                match self.store.remote_claim_info(&name)? {
+                    None => break,
+                    Some((age, _)) if age > stale => {
+                        if self.store.remote_claim(&name, &owner, true)? {
+                            return Ok(Claim::Ours);
+                        }
+                    }
+                    Some((_, holder)) if !said => {
+                        said = true;
+                        events(Event::Log {
+                            name: a.name.clone(),
+                            line: format!("(waiting: {holder} is building it)"),
+                        });
+                    }
+                    Some(_) => {}
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
     }
 
     fn execute(
@@ -808,6 +880,11 @@ impl Builder {
             Ok(HelperEnd::Failed(if text.is_empty() { format!("sandbox helper {status}") } else { text.to_string() }))
         }
     }
+}
+
+enum Claim {
+    Ours,
+    Theirs(Digest),
 }
 
 enum HelperEnd {

@@ -239,6 +239,21 @@ impl Remote {
         self.failed(r)
     }
 
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        let (client, key, cfg) = (self.client.clone(), self.key(rel), self.cfg.clone());
+        let r = self.run(async move {
+            client
+                .delete_object()
+                .bucket(&cfg.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| s3_err(&cfg, &key, e))
+        });
+        self.failed(r)
+    }
+
     /// Uploads a file: one PUT up to 16 MiB, else a multipart upload of 16 MiB parts, 4 in
     /// flight, each read from disk when its turn comes (memory: 4 parts).
     pub fn put_file(&self, rel: &str, path: &Path) -> Result<()> {

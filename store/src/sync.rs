@@ -591,6 +591,28 @@ impl Store {
         Ok(report)
     }
 
+    /// Claims `claims/<name>` in S3 for this builder (a conditional put): true when the claim is
+    /// ours, false when another holds it. `steal` overwrites a claim given up as stale.
+    pub fn remote_claim(&self, name: &str, owner: &str, steal: bool) -> Result<bool> {
+        let remote = self.remote_or_err()?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        remote.put(&format!("claims/{name}"), format!("{now} {owner}\n").into_bytes(), !steal)
+    }
+
+    /// How long ago the claim on `name` was taken, and by whom; `None` when there is none.
+    pub fn remote_claim_info(&self, name: &str) -> Result<Option<(u64, String)>> {
+        let remote = self.remote_or_err()?;
+        let Some(b) = remote.get(&format!("claims/{name}"))? else { return Ok(None) };
+        let text = String::from_utf8_lossy(&b);
+        let (t, owner) = text.trim().split_once(' ').unwrap_or(("0", ""));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        Ok(Some((now.saturating_sub(t.parse().unwrap_or(0)), owner.to_string())))
+    }
+
+    pub fn remote_release(&self, name: &str) -> Result<()> {
+        self.remote_or_err()?.delete(&format!("claims/{name}"))
+    }
+
     /// Counters of S3 traffic, if configured: (GETs, bytes got, PUTs, bytes put, errors).
     pub fn remote_counters(&self) -> Option<[u64; 5]> {
         let s = &self.remote.as_ref()?.stats;
