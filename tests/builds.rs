@@ -10,15 +10,16 @@ use vorpalfs_tests::*;
 
 /// A daemon on a scratch store and mount, and helpers to build manifests against it.
 struct Bench {
-    env: Env,
+    // Dropped in this order: the mount first, so that the scratch directory can go.
     mount: Mount,
+    env: Env,
 }
 
 impl Bench {
     fn new() -> Bench {
         let env = Env::new();
         let mount = env.mount();
-        Bench { env, mount }
+        Bench { mount, env }
     }
 
     /// Writes `<tmp>/<name>/vorpalfs.toml` and returns the directory.
