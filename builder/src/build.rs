@@ -179,21 +179,6 @@ impl Builder {
         &self.store
     }
 
-    /// The output of an existing result: in this store, or in S3 (then only its metadata is
-    /// fetched, never its data). An unreachable S3 counts as "not there", with a warning.
-    fn existing(&self, digest: &Digest) -> Result<Option<Digest>> {
-        if let Some(t) = self.store.result(digest)? {
-            return Ok(Some(t));
-        }
-        if self.store.has_remote() {
-            match self.store.find_root(&digest.to_hex()) {
-                Ok(t) => return Ok(t),
-                Err(e) => tracing::warn!(%digest, "cannot check S3 for a result: {e}"),
-            }
-        }
-        Ok(None)
-    }
-
     /// The store path of an input digest on this host.
     pub fn path_of(&self, digest: &Digest) -> PathBuf {
         self.cfg.mountpoint.join(digest.to_hex())
@@ -367,7 +352,7 @@ impl Builder {
                 continue;
             }
             let force = opts.rebuild && requested[i];
-            if !force && self.existing(&digest(i))?.is_some() {
+            if !force && self.store.find_result(&digest(i))?.is_some() {
                 state[i] = Some(State::Cached);
                 continue;
             }
@@ -540,7 +525,7 @@ impl Builder {
                 }
             }
             // Another build may have just published it.
-            if !force && let Some(tree) = self.existing(&digest)? {
+            if !force && let Some(tree) = self.store.find_result(&digest)? {
                 return Ok(tree);
             }
             flights.insert(digest);
@@ -599,7 +584,7 @@ impl Builder {
                 if cancel.load(Ordering::SeqCst) {
                     return Err(Error::Cancelled);
                 }
-                if let Some(tree) = self.existing(digest)? {
+                if let Some(tree) = self.store.find_result(digest)? {
                     return Ok(Claim::Theirs(tree));
                 }
                 match self.store.remote_claim_info(&name)? {

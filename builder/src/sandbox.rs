@@ -167,6 +167,12 @@ fn do_mount(src: Option<&Path>, dst: &Path, fstype: Option<&str>, flags: MsFlags
     })
 }
 
+/// Creates `dst` and mounts a fresh tmpfs on it.
+fn tmpfs(dst: &Path, flags: MsFlags, mode: &str) -> R<()> {
+    mkdir(dst)?;
+    do_mount(Some(Path::new("tmpfs")), dst, Some("tmpfs"), flags, Some(mode))
+}
+
 /// Binds `src` on `dst` (which exists), read-only, keeping the flags the kernel locks.
 fn bind_ro(src: &Path, dst: &Path) -> R<()> {
     do_mount(Some(src), dst, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
@@ -249,14 +255,7 @@ fn init(spec: &Spec) -> R<i32> {
     do_mount(Some(Path::new("proc")), &proc_dir, Some("proc"), noexec, None)?;
 
     let dev = r.join("dev");
-    mkdir(&dev)?;
-    do_mount(
-        Some(Path::new("tmpfs")),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755"),
-    )?;
+    tmpfs(&dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, "mode=0755")?;
     for d in DEVICES {
         let host = Path::new("/dev").join(d);
         if host.exists() {
@@ -272,23 +271,10 @@ fn init(spec: &Spec) -> R<i32> {
     ] {
         ctx(symlink(target, dev.join(name)), || format!("symlink /dev/{name}"))?;
     }
-    let shm = dev.join("shm");
-    mkdir(&shm)?;
-    do_mount(Some(Path::new("tmpfs")), &shm, Some("tmpfs"), noexec, Some("mode=1777"))?;
-
-    let tmp = r.join("tmp");
-    mkdir(&tmp)?;
-    do_mount(Some(Path::new("tmpfs")), &tmp, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
-
+    tmpfs(&dev.join("shm"), noexec, "mode=1777")?;
+    tmpfs(&r.join("tmp"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777")?;
     let store = r.join("vorpal/store");
-    mkdir(&store)?;
-    do_mount(
-        Some(Path::new("tmpfs")),
-        &store,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )?;
+    tmpfs(&store, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
     for (host, path) in &spec.deps {
         let dst = inside(r, path);
         mkdir(&dst)?;

@@ -199,6 +199,13 @@ fn bar(ctx: &Ctx<'_>, what: &str) -> Option<indicatif::ProgressBar> {
     Some(pb)
 }
 
+fn show(pb: &Option<indicatif::ProgressBar>, done: u64, total: u64) {
+    if let Some(pb) = pb {
+        pb.set_length(total);
+        pb.set_position(done);
+    }
+}
+
 pub fn run_sync(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
     let store = ctx.store;
     match cmd {
@@ -206,12 +213,7 @@ pub fn run_sync(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
             for n in names {
                 let t = Instant::now();
                 let pb = bar(ctx, &format!("push {n}"));
-                let progress = |done: u64, total: u64| {
-                    if let Some(pb) = &pb {
-                        pb.set_length(total);
-                        pb.set_position(done);
-                    }
-                };
+                let progress = |done: u64, total: u64| show(&pb, done, total);
                 let r = store.push(&n, &progress).with_context(|| format!("cannot push {n}"))?;
                 if let Some(pb) = pb {
                     pb.finish_and_clear();
@@ -242,12 +244,7 @@ pub fn run_sync(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
             for n in names {
                 let t = Instant::now();
                 let pb = bar(ctx, &format!("pull {n}"));
-                let progress = |done: u64, total: u64| {
-                    if let Some(pb) = &pb {
-                        pb.set_length(total);
-                        pb.set_position(done);
-                    }
-                };
+                let progress = |done: u64, total: u64| show(&pb, done, total);
                 let r = store.pull(&n, &progress).with_context(|| format!("cannot pull {n}"))?;
                 if let Some(pb) = pb {
                     pb.finish_and_clear();

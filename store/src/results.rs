@@ -82,12 +82,24 @@ impl Store {
         if self.roots()?.iter().any(|r| r.digest == *name) {
             return Ok(Some(*name));
         }
-        // Published by another host: its metadata comes now, its data when read. While S3 is
-        // unreachable such a name is simply not there (and the error is logged).
+        self.remote_result(name)
+    }
+
+    /// The output of the result `input`: here, or (with S3) published by another host, whose
+    /// metadata comes now and data when read. While S3 is unreachable a result only there is
+    /// "not there" (and the error is logged).
+    pub fn find_result(&self, input: &Digest) -> Result<Option<Digest>> {
+        match self.result(input)? {
+            Some(t) => Ok(Some(t)),
+            None => self.remote_result(input),
+        }
+    }
+
+    fn remote_result(&self, input: &Digest) -> Result<Option<Digest>> {
         if self.has_remote() {
-            match self.find_root(&name.to_hex()) {
+            match self.find_root(&input.to_hex()) {
                 Ok(found) => return Ok(found),
-                Err(e) => tracing::warn!(%name, "cannot look the name up in S3: {e}"),
+                Err(e) => tracing::warn!(%input, "cannot look the name up in S3: {e}"),
             }
         }
         Ok(None)

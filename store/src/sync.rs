@@ -478,13 +478,21 @@ impl Store {
         for k in keys {
             del.delete(Cf::Chunks, &k);
         }
-        del.delete(Cf::Packs, &id.to_be_bytes());
-        del.delete(Cf::Meta, &[FETCHED, &id.to_be_bytes()[..]].concat());
-        self.commit(del)?;
+        self.remove_pack(id, del)?;
+        Ok(dropped)
+    }
+
+    /// Forgets a pack in the index (in one commit with `batch`) and deletes its file.
+    fn remove_pack(&self, id: u64, mut batch: Batch) -> Result<()> {
+        batch.delete(Cf::Packs, &id.to_be_bytes());
+        batch.delete(Cf::Meta, &[FETCHED, &id.to_be_bytes()[..]].concat());
+        self.commit(batch)?;
         self.packs.forget(id);
         let path = crate::pack::pack_path(&self.packs_dir, id);
-        std::fs::remove_file(&path).at(&path)?;
-        Ok(dropped)
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
     }
 
     /// Fetches every chunk of a root that is not here (finding the root in S3 if need be).
@@ -575,16 +583,7 @@ impl Store {
             }
             let path = crate::pack::pack_path(&self.packs_dir, id);
             let len = std::fs::metadata(&path).map_or(info.size, |m| m.len());
-            let mut b = Batch::default();
-            b.delete(Cf::Packs, &id.to_be_bytes());
-            b.delete(Cf::Meta, &[FETCHED, &id.to_be_bytes()[..]].concat());
-            self.commit(b)?;
-            self.packs.forget(id);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&path, e)),
-            }
+            self.remove_pack(id, Batch::default())?;
             report.packs_removed += 1;
             report.bytes_freed += len;
         }
