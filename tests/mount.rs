@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use vorpalfs_store::{Digest, Kind};
+use vorpalfs_store::{ChunkRef, Digest, FileRecord, Kind};
 use vorpalfs_tests::*;
 
 fn tool_tree(src: &Path) {
@@ -50,7 +50,12 @@ fn the_mount_reads_exactly_like_the_source_tree() {
     let xattr = |p: &Path| sh(&format!("getfattr --only-values -n user.vorpalfs.digest '{}'", p.display()));
     assert_eq!(xattr(&root), digest);
     let text = fs::read(src.join("share/text.txt")).unwrap();
-    assert_eq!(xattr(&root.join("share/text.txt")), Digest::of(Kind::File, &text).to_hex());
+    // A small file is one chunk; its digest hashes its record (size and chunk list).
+    let record = FileRecord {
+        size: text.len() as u64,
+        chunks: vec![ChunkRef { offset: 0, len: text.len() as u32, id: Digest::of(Kind::Chunk, &text) }],
+    };
+    assert_eq!(xattr(&root.join("share/text.txt")), record.digest().to_hex());
     let meta = fs::metadata(root.join("share/text.txt")).unwrap();
     assert_eq!((meta.len(), meta.mtime()), (text.len() as u64, 1));
     assert_eq!(meta.mode() & 0o777, 0o444);

@@ -27,6 +27,7 @@ bytes=$(du -sb --apparent-size "$tree" | cut -f1)
 files=$(find "$tree" -type f | wc -l)
 echo "tree: $tree ($bytes bytes, $files files); cores: $(nproc)" >&2
 tar -cf - -C "$tree" . >/dev/null   # warm the page cache
+sync                                # and write back what the build left dirty
 
 # measure NAME CMD...: runs CMD under /usr/bin/time, records seconds and peak RSS (KiB).
 declare -A secs rss

@@ -12,7 +12,9 @@ use std::str::FromStr;
 pub enum Kind {
     /// A run of file bytes (the unit of storage and transfer).
     Chunk,
-    /// The whole content of a regular file.
+    /// A regular file: the encoding of its record (size and chunk list, see
+    /// [`crate::FileRecord`]), so a file is a Merkle node over its chunks and its content is
+    /// hashed once, by chunk.
     File,
     /// The canonical encoding of one directory.
     Tree,
@@ -24,7 +26,7 @@ impl Kind {
     const fn prefix(self) -> &'static [u8] {
         match self {
             Kind::Chunk => b"vorpalfs:chunk:v1\0",
-            Kind::File => b"vorpalfs:file:v1\0",
+            Kind::File => b"vorpalfs:file:v2\0",
             Kind::Tree => b"vorpalfs:tree:v1\0",
             Kind::Artifact => b"vorpalfs:artifact:v1\0",
         }
@@ -168,7 +170,7 @@ mod tests {
     #[test]
     fn golden_values_are_stable() {
         // Pinned so a change of prefix or algorithm is caught: every stored digest depends on it.
-        assert_eq!(Digest::of(Kind::File, b"").to_hex(), blake3::hash(b"vorpalfs:file:v1\0").to_hex().as_str());
+        assert_eq!(Digest::of(Kind::File, b"").to_hex(), blake3::hash(b"vorpalfs:file:v2\0").to_hex().as_str());
         let mut h = Hasher::new(Kind::Chunk);
         h.update(&[7u8; 300_000]);
         assert_eq!(h.finalize(), Digest::of(Kind::Chunk, &[7u8; 300_000]));

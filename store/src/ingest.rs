@@ -1,17 +1,22 @@
-//! `ingest(dir)`: a directory into the store, as a pipeline with bounded memory.
+//! `ingest(dir)`: a directory into the store, in parallel with bounded memory.
 //!
 //! ```text
-//! walk (metadata only) ──► readers (2): read, chunk, hash ──► compressors (all cores): zstd
-//!                                    │ chunk lists                     │
-//!                                    ▼                                 ▼
-//!                              file records                 writer: append to packs
-//!                                    └──────────► one RocksDB batch ◄──┘ (after packs are fsynced)
+//! walk (metadata only) ──► workers (one per core), each on whole files:
+//!                            read ─► chunk ─► hash ─► zstd ─► append to the worker's own pack
+//!                                          │ chunk lists              │ locators
+//!                                          └──► one RocksDB batch ◄───┘ (after the packs are fsynced)
 //! ```
-//! The queues between stages hold a few chunks each, so memory is
-//! O((readers + cores) × max chunk) whatever the file sizes. Chunks already in the index, or
-//! already queued by this ingest, are not stored again. Nothing becomes visible until the final
-//! batch commits; an error or a kill before that leaves only an unnamed pack, removed at the
-//! next open.
+//! A worker takes the next file and does everything for it on one core, so chunks stay in that
+//! core's cache and no thread waits on another. Once the files run out, idle workers receive
+//! chunks from those still reading (the last large file is then compressed by every core).
+//! Memory is O(cores × max chunk) whatever the file sizes. Chunks already in the index, or
+//! already taken by this ingest, are not stored again. Nothing becomes visible until the final
+//! batch commits; an error or a kill before that leaves only unnamed packs, removed at the next
+//! open.
+//!
+//! This replaced two readers feeding compressors feeding one pack writer over channels: on the
+//! Rust toolchain (1.3 GB, 52k files, 2 cores) ingest went from 3.4 s to 2.9 s, from fewer
+//! hand-offs and wake-ups and chunks compressed while still in cache (`scripts/bench/ingest.sh`).
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -21,14 +26,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use crate::chunker::chunk_stream;
-use crate::digest::{Digest, Hasher, Kind};
+use crate::digest::{Digest, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Batch, Cf};
 use crate::pack::{PACK_TARGET_SIZE, PackWriter, encode_chunk};
-use crate::records::{ChunkRef, Codec, FileRecord};
+use crate::records::{ChunkRef, FileRecord, Locator, PackInfo};
 use crate::store::Store;
 use crate::tree::{Entry, EntryKind, Tree};
 
@@ -67,16 +72,10 @@ struct FileOut {
     record: FileRecord,
 }
 
+/// A chunk handed by a worker still reading to an idle one.
 struct NewChunk {
     id: Digest,
     data: Vec<u8>,
-}
-
-struct Encoded {
-    id: Digest,
-    raw_len: u32,
-    codec: Codec,
-    bytes: Vec<u8>,
 }
 
 fn special_kind(ft: &fs::FileType) -> &'static str {
@@ -142,60 +141,122 @@ fn walk(
 struct Run<'a> {
     store: &'a Store,
     jobs: &'a [FileJob],
-    /// The order files are read in (see `ingest_then`).
+    /// The order files are read in (see `ingest_filtered`).
     order: Vec<usize>,
     next_job: AtomicUsize,
+    /// Workers with no file left, waiting for chunks to compress.
+    idle: AtomicUsize,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
     queued: Mutex<HashSet<Digest>>,
     outputs: Mutex<Vec<Option<FileOut>>>,
+    /// Every pack created, so that all are removed if the ingest fails.
+    packs: Mutex<Vec<u64>>,
+}
+
+/// What one worker stored: the chunks' locators and the packs it sealed.
+#[derive(Default)]
+struct Stored {
+    chunks: Vec<(Digest, Locator)>,
+    packs: Vec<(u64, PackInfo)>,
+    new_bytes: u64,
+    stored_bytes: u64,
+}
+
+struct Worker<'r, 'a> {
+    run: &'r Run<'a>,
+    z: zstd::bulk::Compressor<'static>,
+    pack: Option<PackWriter>,
+    out: Stored,
 }
 
 impl Run<'_> {
+    /// Records the first error; the others (workers cancelled because of it) are dropped.
     fn fail(&self, e: Error) {
-        self.failed.store(true, Ordering::SeqCst);
         let mut slot = self.error.lock().unwrap();
         if slot.is_none() {
             *slot = Some(e);
         }
+        self.failed.store(true, Ordering::SeqCst);
     }
 
-    /// Reader stage: takes files off the job list until it is empty or the run failed.
-    fn read_files(&self, tx: &crossbeam_channel::Sender<NewChunk>) {
+    /// One worker: whole files while there are any, then chunks handed over by the others.
+    fn work(&self, tx: Sender<NewChunk>, rx: Receiver<NewChunk>) -> Stored {
+        let mut w = Worker {
+            run: self,
+            z: zstd::bulk::Compressor::new(self.store.opts.zstd_level).expect("zstd context"),
+            pack: None,
+            out: Stored::default(),
+        };
         while !self.failed.load(Ordering::SeqCst) {
             let Some(&i) = self.order.get(self.next_job.fetch_add(1, Ordering::SeqCst)) else {
-                return;
+                break;
             };
-            let job = &self.jobs[i];
-            match self.read_file(&job.path, tx) {
+            match w.read_file(&self.jobs[i].path, &tx) {
                 Ok(out) => self.outputs.lock().unwrap()[i] = Some(out),
-                Err(e) => return self.fail(e),
+                Err(e) => self.fail(e),
             }
         }
+        self.idle.fetch_add(1, Ordering::SeqCst);
+        drop(tx);
+        // Ends once every worker has stopped reading and the queue is empty.
+        for c in rx {
+            if !self.failed.load(Ordering::SeqCst)
+                && let Err(e) = w.store(c.id, &c.data)
+            {
+                self.fail(e);
+            }
+        }
+        if let Some(pack) = w.pack.take()
+            && !self.failed.load(Ordering::SeqCst)
+        {
+            match pack.seal() {
+                Ok(sealed) => w.out.packs.push(sealed),
+                Err(e) => self.fail(e),
+            }
+        }
+        w.out
     }
+}
 
-    fn read_file(&self, path: &Path, tx: &crossbeam_channel::Sender<NewChunk>) -> Result<FileOut> {
+impl Worker<'_, '_> {
+    fn read_file(&mut self, path: &Path, tx: &Sender<NewChunk>) -> Result<FileOut> {
+        let run = self.run;
         let f = File::open(path).at(path)?;
         let before = f.metadata().at(path)?;
-        let mut h = Hasher::new(Kind::File);
         let mut chunks = Vec::new();
         let mut offset = 0u64;
+        // An error storing a chunk (a full disk, say) is the store's, not the file's.
+        let mut store_error = None;
         let read = chunk_stream(&f, before.len(), |data| {
-            if self.failed.load(Ordering::SeqCst) {
+            if run.failed.load(Ordering::SeqCst) {
                 return Err(std::io::Error::other("ingest cancelled"));
             }
-            h.update(&data);
             let id = Digest::of(Kind::Chunk, &data);
             let len = data.len() as u32;
             chunks.push(ChunkRef { offset, len, id });
             offset += u64::from(len);
-            let is_new = self.queued.lock().unwrap().insert(id);
-            if is_new && !self.store.index.contains(Cf::Chunks, id.as_bytes()).map_err(std::io::Error::other)? {
-                tx.send(NewChunk { id, data }).map_err(|_| std::io::Error::other("ingest cancelled"))?;
+            let is_new = run.queued.lock().unwrap().insert(id);
+            if !is_new || run.store.index.contains(Cf::Chunks, id.as_bytes()).map_err(std::io::Error::other)? {
+                return Ok(());
             }
-            Ok(())
-        })
-        .at(path)?;
+            let data = if run.idle.load(Ordering::Relaxed) > 0 {
+                match tx.try_send(NewChunk { id, data }) {
+                    Ok(()) => return Ok(()),
+                    Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => c.data,
+                }
+            } else {
+                data
+            };
+            self.store(id, &data).map_err(|e| {
+                store_error = Some(e);
+                std::io::Error::other("ingest cancelled")
+            })
+        });
+        if let Some(e) = store_error {
+            return Err(e);
+        }
+        let read = read.at(path)?;
         let after = f.metadata().at(path)?;
         if read != before.len()
             || after.len() != before.len()
@@ -206,7 +267,30 @@ impl Run<'_> {
         {
             return Err(Error::Changed { path: path.into() });
         }
-        Ok(FileOut { digest: h.finalize(), record: FileRecord { size: read, chunks } })
+        let record = FileRecord { size: read, chunks };
+        Ok(FileOut { digest: record.digest(), record })
+    }
+
+    /// Compresses a chunk and appends it to this worker's pack, sealing the pack when full.
+    fn store(&mut self, id: Digest, data: &[u8]) -> Result<()> {
+        let (codec, bytes) = encode_chunk(&mut self.z, data);
+        let pack = match &mut self.pack {
+            Some(p) => p,
+            None => {
+                let pack_id = self.run.store.alloc_pack_id();
+                self.run.packs.lock().unwrap().push(pack_id);
+                self.pack.insert(PackWriter::create(&self.run.store.packs_dir, pack_id)?)
+            }
+        };
+        let loc = pack.append(&id, data.len() as u32, codec, &bytes)?;
+        self.out.chunks.push((id, loc));
+        self.out.new_bytes += data.len() as u64;
+        self.out.stored_bytes += bytes.len() as u64;
+        if pack.len() >= PACK_TARGET_SIZE {
+            let sealed = self.pack.take().unwrap().seal()?;
+            self.out.packs.push(sealed);
+        }
+        Ok(())
     }
 }
 
@@ -246,7 +330,7 @@ impl Store {
         let mut jobs = Vec::new();
         let root_node = walk(src, src, keep, &mut jobs, &mut report)?;
         tracing::debug!(files = jobs.len(), elapsed = ?t0.elapsed(), "walked");
-        // Large files first, so that none is left for one reader at the end while the other
+        // Large files first, so that none is left for one worker at the end while the other
         // cores idle; the rest in walk order, so that a directory's small files sit together in
         // the packs (a cold read of a tree then reads packs nearly sequentially).
         let mut order: Vec<usize> = (0..jobs.len()).collect();
@@ -258,52 +342,44 @@ impl Store {
             jobs: &jobs,
             order,
             next_job: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             queued: Mutex::new(HashSet::new()),
             outputs: Mutex::new((0..jobs.len()).map(|_| None).collect()),
+            packs: Mutex::new(Vec::new()),
         };
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let readers = 2.min(jobs.len()).max(1);
-        let (chunk_tx, chunk_rx) = bounded::<NewChunk>(2 * cores);
-        let (enc_tx, enc_rx) = bounded::<Encoded>(2 * cores);
-        let mut batch = Batch::default();
-
-        let written = std::thread::scope(|s| {
-            for _ in 0..readers {
-                let tx = chunk_tx.clone();
-                let run = &run;
-                s.spawn(move || run.read_files(&tx));
-            }
-            drop(chunk_tx);
-            for _ in 0..cores {
-                let rx = chunk_rx.clone();
-                let tx = enc_tx.clone();
-                let level = self.opts.zstd_level;
-                s.spawn(move || {
-                    let mut z = zstd::bulk::Compressor::new(level).expect("zstd context");
-                    for c in rx {
-                        let (codec, bytes) = encode_chunk(&mut z, &c.data);
-                        let e = Encoded { id: c.id, raw_len: c.data.len() as u32, codec, bytes };
-                        if tx.send(e).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            drop(chunk_rx);
-            drop(enc_tx);
-            self.write_packs(enc_rx, &mut batch, &mut report)
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (tx, rx) = bounded::<NewChunk>(workers);
+        let stored: Vec<Stored> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    let (tx, rx, run) = (tx.clone(), rx.clone(), &run);
+                    s.spawn(move || run.work(tx, rx))
+                })
+                .collect();
+            drop((tx, rx));
+            handles.into_iter().map(|h| h.join().expect("ingest worker panicked")).collect()
         });
         tracing::debug!(elapsed = ?t0.elapsed(), "data written");
-        // A writer error (a full disk, say) is the cause; the readers' errors are then only
-        // "cancelled", so it is reported first.
-        let written = written?;
+        let written = run.packs.into_inner().unwrap();
         if let Some(e) = run.error.into_inner().unwrap() {
             self.discard_packs(&written);
             return Err(e);
         }
 
+        let mut batch = Batch::default();
+        for st in &stored {
+            for (id, loc) in &st.chunks {
+                batch.put(Cf::Chunks, id.as_bytes(), &loc.encode());
+            }
+            for (id, info) in &st.packs {
+                batch.put(Cf::Packs, &id.to_be_bytes(), &info.encode());
+            }
+            report.new_chunks += st.chunks.len() as u64;
+            report.new_bytes += st.new_bytes;
+            report.stored_bytes += st.stored_bytes;
+        }
         let outputs: Vec<FileOut> =
             run.outputs.into_inner().unwrap().into_iter().map(|o| o.expect("every file read")).collect();
         let mut seen_files = HashSet::new();
@@ -329,55 +405,6 @@ impl Store {
         report.root = root;
         tracing::debug!(?report, elapsed = ?t0.elapsed(), "ingest committed");
         Ok(report)
-    }
-
-    /// Writer stage: appends encoded chunks to packs, sealing each past the target size.
-    /// Returns the ids of the packs written (sealed, not yet in the index).
-    fn write_packs(
-        &self,
-        rx: crossbeam_channel::Receiver<Encoded>,
-        batch: &mut Batch,
-        report: &mut IngestReport,
-    ) -> Result<Vec<u64>> {
-        let mut written = Vec::new();
-        let mut cur: Option<PackWriter> = None;
-        let result = (|| {
-            for e in rx.iter() {
-                let w = match &mut cur {
-                    Some(w) => w,
-                    None => {
-                        let id = self.alloc_pack_id();
-                        written.push(id);
-                        cur.insert(PackWriter::create(&self.packs_dir, id)?)
-                    }
-                };
-                let loc = w.append(&e.id, e.raw_len, e.codec, &e.bytes)?;
-                batch.put(Cf::Chunks, e.id.as_bytes(), &loc.encode());
-                report.new_chunks += 1;
-                report.new_bytes += u64::from(e.raw_len);
-                report.stored_bytes += e.bytes.len() as u64;
-                if w.len() >= PACK_TARGET_SIZE {
-                    let (id, info) = cur.take().unwrap().seal()?;
-                    batch.put(Cf::Packs, &id.to_be_bytes(), &info.encode());
-                }
-            }
-            if let Some(w) = cur.take() {
-                let (id, info) = w.seal()?;
-                batch.put(Cf::Packs, &id.to_be_bytes(), &info.encode());
-            }
-            Ok(())
-        })();
-        // Dropping the receiver on error makes the upstream stages stop at their next send.
-        match result {
-            Ok(()) => Ok(written),
-            Err(e) => {
-                if let Some(w) = cur.take() {
-                    w.discard();
-                }
-                self.discard_packs(&written);
-                Err(e)
-            }
-        }
     }
 
     fn discard_packs(&self, written: &[u64]) {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::digest::{Digest, Hasher, Kind};
+use crate::digest::{Digest, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::index::Cf;
 use crate::store::Store;
@@ -102,12 +102,12 @@ impl Store {
     fn export_file(&self, digest: &Digest, path: &Path, exec: bool) -> Result<u64> {
         let mode = if exec { 0o755 } else { 0o644 };
         let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path).at(path)?;
+        // The record is checked against the file digest as it is loaded, each chunk against its
+        // id as it is read: what is written is the file's content.
         let rec = self.file(digest)?;
-        let mut h = Hasher::new(Kind::File);
         let mut hole = false;
         for c in &rec.chunks {
-            let data = self.chunk(&c.id)?;
-            h.update(&data);
+            let data = self.file_chunk(c)?;
             if data.iter().all(|&b| b == 0) {
                 f.seek(SeekFrom::Current(data.len() as i64)).at(path)?;
                 hole = true;
@@ -117,13 +117,6 @@ impl Store {
         }
         if hole {
             f.set_len(rec.size).at(path)?;
-        }
-        if h.finalize() != *digest {
-            return Err(Error::Corrupt {
-                what: "file",
-                digest: *digest,
-                detail: format!("content written to {} does not match its digest", path.display()),
-            });
         }
         // The umask may have narrowed the mode given at creation.
         fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
@@ -199,16 +192,11 @@ impl Store {
     /// Checks one file; on failure returns the damaged object's digest and what is wrong.
     fn verify_file(&self, digest: &Digest) -> std::result::Result<u64, (Digest, String)> {
         let rec = self.file(digest).map_err(|e| (*digest, e.to_string()))?;
-        let mut h = Hasher::new(Kind::File);
         for c in &rec.chunks {
             let data = self.chunk_uncached(&c.id).map_err(|e| (c.id, e.to_string()))?;
             if data.len() != c.len as usize {
                 return Err((c.id, "chunk length differs from the file record".into()));
             }
-            h.update(&data);
-        }
-        if h.finalize() != *digest {
-            return Err((*digest, "file content does not match its digest".into()));
         }
         Ok(rec.size)
     }

@@ -2,7 +2,7 @@
 //! All integers little-endian; every decoder checks lengths and reports the digest it was
 //! decoding when the bytes do not fit.
 
-use crate::digest::Digest;
+use crate::digest::{Digest, Kind};
 use crate::error::{Error, Result};
 
 /// One chunk of a file: where it sits in the file and what it is.
@@ -15,6 +15,7 @@ pub struct ChunkRef {
 
 /// A regular file's content: its size and ordered chunks.
 /// Encoding: `size:u64 count:u32 (len:u32 id:[u8;32])*`; offsets are the running sum of lengths.
+/// The file's digest is the [`Kind::File`] hash of this encoding, checked whenever it is decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileRecord {
     pub size: u64,
@@ -33,8 +34,17 @@ impl FileRecord {
         out
     }
 
+    /// The file's digest.
+    pub fn digest(&self) -> Digest {
+        Digest::of(Kind::File, &self.encode())
+    }
+
+    /// Decodes the record of the file `digest`, checking that it is that file's.
     pub fn decode(b: &[u8], digest: &Digest) -> Result<FileRecord> {
         let bad = |detail: &str| Error::Corrupt { what: "file record", digest: *digest, detail: detail.into() };
+        if Digest::of(Kind::File, b) != *digest {
+            return Err(bad("record does not match its digest"));
+        }
         if b.len() < 12 {
             return Err(bad("truncated"));
         }
@@ -160,7 +170,8 @@ mod tests {
                 ChunkRef { offset: 25, len: 5, id },
             ],
         };
-        let back = FileRecord::decode(&f.encode(), &id).unwrap();
+        let back = FileRecord::decode(&f.encode(), &f.digest()).unwrap();
+        assert!(FileRecord::decode(&f.encode(), &id).unwrap_err().is_corruption());
         assert_eq!(back, f);
         assert_eq!(f.chunk_at(0), 0);
         assert_eq!(f.chunk_at(9), 0);
@@ -168,7 +179,8 @@ mod tests {
         assert_eq!(f.chunk_at(29), 2);
         let mut bad = f.encode();
         bad[0] = 31;
-        assert!(FileRecord::decode(&bad, &id).unwrap_err().is_corruption());
+        assert!(FileRecord::decode(&bad, &f.digest()).unwrap_err().is_corruption());
+        assert!(FileRecord::decode(&bad, &Digest::of(Kind::File, &bad)).unwrap_err().is_corruption());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!                BLAKE3 of the object, so two stores pushing the same chunks write the same key
 //! indexes/<hex>  zstd of: every tree and file record of one root's closure, and for every chunk
 //!                its place (pack, offset, stored/raw length, codec); <hex> = BLAKE3 of the object
-//! roots/<name>   "vorpalfs root v1\ntree <hex>\nindex <hex>\n"; build results are roots named
+//! roots/<name>   "vorpalfs root v2\ntree <hex>\nindex <hex>\n"; build results are roots named
 //!                by their input digest
 //! ```
 //! A host that has never seen an artifact reads its root object and its index (metadata only,
@@ -282,7 +282,7 @@ impl Store {
             report.uploaded_bytes += index.len() as u64;
             remote.put(&key, index, false)?;
         }
-        let root_obj = format!("vorpalfs root v1\ntree {tree}\nindex {index_digest}\n");
+        let root_obj = format!("{ROOT_HEADER}\ntree {tree}\nindex {index_digest}\n");
         // A named root is also findable by its tree digest, which is what the mount shows.
         if name.parse::<Digest>().is_err() {
             remote.put(&format!("roots/{tree}"), root_obj.clone().into_bytes(), false)?;
@@ -620,10 +620,14 @@ impl Store {
     }
 }
 
+/// First line of a root object. v2: file digests hash chunk lists (store format 2); roots of
+/// other versions are not read.
+const ROOT_HEADER: &str = "vorpalfs root v2";
+
 fn parse_root(obj: &[u8]) -> Option<(Digest, Digest)> {
     let text = std::str::from_utf8(obj).ok()?;
     let mut lines = text.lines();
-    if lines.next()? != "vorpalfs root v1" {
+    if lines.next()? != ROOT_HEADER {
         return None;
     }
     let tree = lines.next()?.strip_prefix("tree ")?.parse().ok()?;
