@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::chunker::chunk_stream;
+use crate::chunker::Chunker;
 use crate::digest::{Digest, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Batch, Cf};
@@ -165,6 +165,7 @@ struct Stored {
 
 struct Worker<'r, 'a> {
     run: &'r Run<'a>,
+    chunker: Chunker,
     z: zstd::bulk::Compressor<'static>,
     pack: Option<PackWriter>,
     out: Stored,
@@ -184,6 +185,7 @@ impl Run<'_> {
     fn work(&self, tx: Sender<NewChunk>, rx: Receiver<NewChunk>) -> Stored {
         let mut w = Worker {
             run: self,
+            chunker: Chunker::new(),
             z: zstd::bulk::Compressor::new(self.store.opts.zstd_level).expect("zstd context"),
             pack: None,
             out: Stored::default(),
@@ -228,11 +230,12 @@ impl Worker<'_, '_> {
         let mut offset = 0u64;
         // An error storing a chunk (a full disk, say) is the store's, not the file's.
         let mut store_error = None;
-        let read = chunk_stream(&f, before.len(), |data| {
+        let mut chunker = std::mem::take(&mut self.chunker);
+        let read = chunker.chunks(&f, before.len(), |data| {
             if run.failed.load(Ordering::SeqCst) {
                 return Err(std::io::Error::other("ingest cancelled"));
             }
-            let id = Digest::of(Kind::Chunk, &data);
+            let id = Digest::of(Kind::Chunk, data);
             let len = data.len() as u32;
             chunks.push(ChunkRef { offset, len, id });
             offset += u64::from(len);
@@ -240,19 +243,19 @@ impl Worker<'_, '_> {
             if !is_new || run.store.index.contains(Cf::Chunks, id.as_bytes()).map_err(std::io::Error::other)? {
                 return Ok(());
             }
-            let data = if run.idle.load(Ordering::Relaxed) > 0 {
-                match tx.try_send(NewChunk { id, data }) {
-                    Ok(()) => return Ok(()),
-                    Err(TrySendError::Full(c) | TrySendError::Disconnected(c)) => c.data,
-                }
-            } else {
-                data
-            };
-            self.store(id, &data).map_err(|e| {
+            // Only at the end, when a worker has no file left, is a chunk copied and handed over.
+            if run.idle.load(Ordering::Relaxed) > 0
+                && !tx.is_full()
+                && tx.try_send(NewChunk { id, data: data.to_vec() }).is_ok()
+            {
+                return Ok(());
+            }
+            self.store(id, data).map_err(|e| {
                 store_error = Some(e);
                 std::io::Error::other("ingest cancelled")
             })
         });
+        self.chunker = chunker;
         if let Some(e) = store_error {
             return Err(e);
         }
