@@ -17,7 +17,7 @@ use fuser::{
     LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyXattr, Request,
 };
-use vorpalfs_store::{Digest, FileRecord, Store};
+use vorpalfs_store::{ChunkRef, Digest, FileRecord, Store};
 
 use crate::errno::errno;
 use crate::inodes::{Inodes, Kind, ROOT};
@@ -107,13 +107,14 @@ impl Bytes {
     }
 }
 
-/// Collects `[offset, offset+len)` of a file from the chunks covering it. `get` returns a
+/// Collects `[offset, offset+len)` of a file from the chunks covering it. `get` is given the
+/// file's chunks from the one wanted on (the rest are readahead candidates) and returns that
 /// chunk's bytes, or `None` to give up (used to answer only from the memory cache).
 fn gather(
     file: &FileRecord,
     offset: u64,
     len: usize,
-    mut get: impl FnMut(&Digest) -> vorpalfs_store::Result<Option<Arc<Vec<u8>>>>,
+    mut get: impl FnMut(&[ChunkRef]) -> vorpalfs_store::Result<Option<Arc<Vec<u8>>>>,
 ) -> vorpalfs_store::Result<Option<Bytes>> {
     if offset >= file.size || len == 0 {
         return Ok(Some(Bytes::Many(Vec::new())));
@@ -124,7 +125,7 @@ fn gather(
     let mut i = file.chunk_at(offset);
     while done < want {
         let c = &file.chunks[i];
-        let Some(data) = get(&c.id)? else { return Ok(None) };
+        let Some(data) = get(&file.chunks[i..])? else { return Ok(None) };
         if data.len() != c.len as usize {
             return Err(vorpalfs_store::Error::Corrupt {
                 what: "chunk",
@@ -312,7 +313,7 @@ impl Filesystem for StoreFs {
             Ok(r) => r,
             Err(e) => return reply.error(self.fail(u64::from(ino), "read", &e)),
         };
-        let cached = gather(&rec, offset, size as usize, |id| Ok(self.store.chunk_cached(id)));
+        let cached = gather(&rec, offset, size as usize, |cs| Ok(self.store.chunk_cached(&cs[0].id)));
         if let Ok(Some(bytes)) = cached {
             self.stats.read_bytes.fetch_add(bytes.as_slice().len() as u64, Ordering::Relaxed);
             return reply.data(bytes.as_slice());
@@ -324,7 +325,7 @@ impl Filesystem for StoreFs {
         self.rt.spawn(async move {
             let Ok(_permit) = slots.acquire_owned().await else { return reply.error(Errno::EIO) };
             let res = tokio::task::spawn_blocking(move || {
-                gather(&rec, offset, size as usize, |id| store.chunk(id).map(Some))
+                gather(&rec, offset, size as usize, |cs| store.chunk_ahead(&cs[0].id, &cs[1..]).map(Some))
                     .map(|b| b.expect("fetching never gives up"))
             })
             .await;

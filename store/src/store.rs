@@ -309,9 +309,16 @@ impl Store {
         Locator::decode(&v, id)
     }
 
-    /// Returns a chunk's verified bytes, from the memory cache or the packs. Concurrent callers
-    /// wanting the same uncached chunk share one fetch.
+    /// Returns a chunk's verified bytes, from the memory cache or the packs (or S3). Concurrent
+    /// callers wanting the same uncached chunk share one fetch.
     pub fn chunk(&self, id: &Digest) -> Result<Arc<Vec<u8>>> {
+        self.chunk_ahead(id, &[])
+    }
+
+    /// [`Store::chunk`], where `ahead` are the chunks that follow in the file being read: if this
+    /// one comes from S3, those stored right after it in the same remote pack come in the same
+    /// ranged GET (readahead; see `fetch_remote`).
+    pub fn chunk_ahead(&self, id: &Digest, ahead: &[crate::ChunkRef]) -> Result<Arc<Vec<u8>>> {
         if let Some(c) = self.chunk_cached(id) {
             return Ok(c);
         }
@@ -327,7 +334,7 @@ impl Store {
                 });
                 // Not here (or damaged here) but in S3: fetch it, verified.
                 let r = match r {
-                    Err(e) if self.remote.is_some() => match self.fetch_remote(id) {
+                    Err(e) if self.remote.is_some() => match self.fetch_remote(id, ahead) {
                         Ok(Some(data)) => Ok(data),
                         Ok(None) => Err(e),
                         Err(remote_err) => Err(remote_err),
@@ -352,6 +359,11 @@ impl Store {
             Error::Remote { url, message } => Error::Remote { url: url.clone(), message: message.clone() },
             other => Error::Invalid(other.to_string()),
         })
+    }
+
+    /// Puts verified bytes of a chunk in the memory cache.
+    pub(crate) fn cache_chunk(&self, id: Digest, data: Vec<u8>) {
+        self.chunks.insert(id, Arc::new(data));
     }
 
     /// A chunk's bytes if they are in the memory cache (never blocks on I/O).
@@ -389,7 +401,7 @@ impl Store {
         let mut i = file.chunk_at(offset);
         while done < want {
             let c = &file.chunks[i];
-            let data = self.file_chunk(c)?;
+            let data = self.file_chunk(&file.chunks[i..])?;
             let start = (offset + done as u64 - c.offset) as usize;
             let n = (data.len() - start).min(want - done);
             buf[done..done + n].copy_from_slice(&data[start..start + n]);
@@ -402,15 +414,17 @@ impl Store {
     /// Streams a whole file into `out`, chunk by chunk (each verified).
     pub fn write_file_to(&self, digest: &Digest, out: &mut impl Write, out_path: &Path) -> Result<u64> {
         let f = self.file(digest)?;
-        for c in &f.chunks {
-            out.write_all(&self.file_chunk(c)?).at(out_path)?;
+        for i in 0..f.chunks.len() {
+            out.write_all(&self.file_chunk(&f.chunks[i..])?).at(out_path)?;
         }
         Ok(f.size)
     }
 
-    /// One chunk of a file, verified, and checked to be as long as the file record says.
-    pub(crate) fn file_chunk(&self, c: &crate::ChunkRef) -> Result<Arc<Vec<u8>>> {
-        let data = self.chunk(&c.id)?;
+    /// The first of `chunks` (a file's chunks from the one wanted on), verified, and checked to be
+    /// as long as the file record says. The rest are the readahead candidates.
+    pub(crate) fn file_chunk(&self, chunks: &[crate::ChunkRef]) -> Result<Arc<Vec<u8>>> {
+        let c = &chunks[0];
+        let data = self.chunk_ahead(&c.id, &chunks[1..])?;
         if data.len() != c.len as usize {
             return Err(Error::Corrupt {
                 what: "chunk",

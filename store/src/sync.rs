@@ -28,7 +28,7 @@ use crate::digest::{Digest, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Batch, Cf};
 use crate::pack::{PackWriter, RECORD_HEADER, decode_chunk};
-use crate::records::{Codec, FileRecord, Locator, PackInfo};
+use crate::records::{ChunkRef, Codec, FileRecord, Locator, PackInfo};
 use crate::remote::Remote;
 use crate::store::Store;
 use crate::tree::{EntryKind, Tree};
@@ -39,8 +39,20 @@ const INDEX_MAGIC: &[u8; 8] = b"VPFSIDX1";
 const FETCH_PACK_SIZE: u64 = 16 << 20;
 /// The largest chunk (the chunker's maximum).
 const MAX_CHUNK: u64 = 4 << 20;
+/// A push cuts new remote packs past this size: small enough that several upload at once (each
+/// as parts in parallel) and that a server without efficient ranged reads (moto) answers a GET
+/// quickly; large enough that a GB is a few dozen objects.
+const REMOTE_PACK_SIZE: u64 = 32 << 20;
+/// Packs a push uploads at once.
+const PARALLEL_PACKS: usize = 3;
+/// A read that misses fetches up to this many bytes of the file's following chunks in the same
+/// GET when they sit next to it in the remote pack (a sequential read then costs one GET per
+/// READAHEAD bytes, not one per chunk).
+const READAHEAD: u64 = 8 << 20;
 /// A pull coalesces neighbouring chunks of a pack into ranged GETs of up to this size.
 const PULL_RANGE: u64 = 16 << 20;
+/// Ranged GETs a pull has in flight (each verified on its own thread while others download).
+const PARALLEL_GETS: usize = 4;
 const FETCHED: &[u8] = b"fetched-pack:";
 
 /// Where a chunk is in S3.
@@ -118,6 +130,14 @@ pub(crate) struct SyncState {
     /// Last read of each fetched pack, in memory only (never a write on the read path).
     recency: Mutex<HashMap<u64, Instant>>,
     last_offline_log: Mutex<Option<Instant>>,
+}
+
+/// What [`Store::upload_packs`] did: the chunks now in S3, the bytes sent, the first error.
+#[derive(Default)]
+struct Uploaded {
+    placed: Vec<(Digest, RemoteLocator)>,
+    bytes: u64,
+    error: Option<Error>,
 }
 
 struct Closure {
@@ -200,7 +220,7 @@ impl Store {
     }
 
     /// Uploads a root and whatever of its data S3 lacks. Idempotent.
-    pub fn push(&self, what: &str, progress: &dyn Fn(u64, u64)) -> Result<PushReport> {
+    pub fn push(&self, what: &str, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<PushReport> {
         let remote = self.remote_or_err()?;
         let (name, tree) = self.push_name(what)?;
         let mut report = PushReport { name: name.clone(), tree, ..Default::default() };
@@ -212,7 +232,7 @@ impl Store {
         }
         let c = self.closure(&tree)?;
         report.chunks = c.chunks.len() as u64;
-        // The chunks S3 is not known to have go into one new pack, streamed through a file.
+        // The chunks S3 is not known to have go into new packs of about REMOTE_PACK_SIZE.
         let mut locs: HashMap<Digest, RemoteLocator> = HashMap::new();
         let mut new = Vec::new();
         for id in &c.chunks {
@@ -220,60 +240,21 @@ impl Store {
                 Some(l) => {
                     locs.insert(*id, l);
                 }
-                None => new.push(*id),
+                None => new.push((*id, self.locator(id)?)),
             }
         }
         report.new_chunks = new.len() as u64;
-        let tmp_dir = self.dir().join("tmp");
-        std::fs::create_dir_all(&tmp_dir).at(&tmp_dir)?;
+        let uploaded = self.upload_packs(remote, &tree, &new, progress);
+        // Packs that made it are recorded even if others failed: a retry does not send them again.
         let mut batch = Batch::default();
-        if !new.is_empty() {
-            let tmp = tmp_dir.join(format!("push-{}-{}.pack", std::process::id(), tree.short()));
-            let result = (|| -> Result<()> {
-                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).at(&tmp)?);
-                let mut h = blake3::Hasher::new();
-                let mut offset = 0u64;
-                let mut placed = Vec::with_capacity(new.len());
-                for id in &new {
-                    let loc = self.locator(id)?;
-                    let stored = self.packs.read_stored(id, &loc)?;
-                    let mut header = [0u8; RECORD_HEADER as usize];
-                    header[..32].copy_from_slice(id.as_bytes());
-                    header[32..36].copy_from_slice(&loc.raw_len.to_le_bytes());
-                    header[36..40].copy_from_slice(&loc.stored_len.to_le_bytes());
-                    header[40] = loc.codec as u8;
-                    for part in [&header[..], &stored[..]] {
-                        out.write_all(part).at(&tmp)?;
-                        h.update(part);
-                    }
-                    placed.push((*id, offset + RECORD_HEADER, loc));
-                    offset += RECORD_HEADER + stored.len() as u64;
-                }
-                out.flush().at(&tmp)?;
-                drop(out);
-                let pack = Digest(*h.finalize().as_bytes());
-                let key = format!("packs/{pack}");
-                if !remote.exists(&key)? {
-                    progress(0, offset);
-                    remote.put_file(&key, &tmp)?;
-                    report.uploaded_bytes += offset;
-                    progress(offset, offset);
-                }
-                for (id, off, loc) in placed {
-                    let rl = RemoteLocator {
-                        pack,
-                        offset: off,
-                        stored_len: loc.stored_len,
-                        raw_len: loc.raw_len,
-                        codec: loc.codec,
-                    };
-                    batch.put(Cf::Remote, id.as_bytes(), &rl.encode());
-                    locs.insert(id, rl);
-                }
-                Ok(())
-            })();
-            let _ = std::fs::remove_file(&tmp);
-            result?;
+        for (id, rl) in &uploaded.placed {
+            batch.put(Cf::Remote, id.as_bytes(), &rl.encode());
+            locs.insert(*id, *rl);
+        }
+        report.uploaded_bytes = uploaded.bytes;
+        if let Some(e) = uploaded.error {
+            self.commit(batch)?;
+            return Err(e);
         }
         let index = encode_index(&c, &locs)?;
         let index_digest = Digest(*blake3::hash(&index).as_bytes());
@@ -290,6 +271,122 @@ impl Store {
         remote.put(&format!("roots/{name}"), root_obj.into_bytes(), false)?;
         self.commit(batch)?;
         Ok(report)
+    }
+
+    /// Writes `chunks` into packs of about [`REMOTE_PACK_SIZE`], each staged in a temporary file
+    /// (named by its BLAKE3, so identical packs from two hosts are one object) and uploaded by
+    /// one of [`PARALLEL_PACKS`] threads while the next is written. Disk: a few staged packs;
+    /// memory: the parts in flight. Stops at the first error.
+    fn upload_packs(
+        &self,
+        remote: &Remote,
+        tree: &Digest,
+        chunks: &[(Digest, Locator)],
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Uploaded {
+        struct Staged {
+            tmp: std::path::PathBuf,
+            digest: Digest,
+            len: u64,
+            placed: Vec<(Digest, RemoteLocator)>,
+        }
+        let total: u64 = chunks.iter().map(|(_, l)| RECORD_HEADER + u64::from(l.stored_len)).sum();
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let out = Mutex::new(Uploaded::default());
+        let fail = |e: Error| {
+            let mut o = out.lock().unwrap();
+            o.error.get_or_insert(e);
+        };
+        let failed = || out.lock().unwrap().error.is_some();
+        let tmp_dir = self.dir().join("tmp");
+        if let Err(e) = std::fs::create_dir_all(&tmp_dir).at(&tmp_dir) {
+            fail(e);
+        }
+        let upload = |p: Staged| {
+            let key = format!("packs/{}", p.digest);
+            let r = if failed() {
+                Ok(())
+            } else {
+                remote.exists(&key).and_then(|there| {
+                    if !there {
+                        remote.put_file(&key, &p.tmp)?;
+                        out.lock().unwrap().bytes += p.len;
+                    }
+                    Ok(())
+                })
+            };
+            let _ = std::fs::remove_file(&p.tmp);
+            match r {
+                Ok(()) if !failed() => {
+                    out.lock().unwrap().placed.extend(p.placed);
+                    progress(done.fetch_add(p.len, Ordering::SeqCst) + p.len, total);
+                }
+                Ok(()) => {}
+                Err(e) => fail(e),
+            }
+        };
+        std::thread::scope(|s| {
+            let (tx, rx) = crossbeam_channel::bounded::<Staged>(1);
+            for _ in 0..PARALLEL_PACKS {
+                let (rx, upload) = (rx.clone(), &upload);
+                s.spawn(move || rx.into_iter().for_each(upload));
+            }
+            let mut staged = 0u32;
+            let mut chunks = chunks.iter().peekable();
+            while chunks.peek().is_some() && !failed() {
+                let tmp = tmp_dir.join(format!("push-{}-{}-{staged}.pack", std::process::id(), tree.short()));
+                staged += 1;
+                let r = (|| -> Result<Staged> {
+                    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).at(&tmp)?);
+                    let mut h = blake3::Hasher::new();
+                    let (mut offset, mut placed) = (0u64, Vec::new());
+                    while offset < REMOTE_PACK_SIZE
+                        && let Some((id, loc)) = chunks.next()
+                    {
+                        let stored = self.packs.read_stored(id, loc)?;
+                        let mut header = [0u8; RECORD_HEADER as usize];
+                        header[..32].copy_from_slice(id.as_bytes());
+                        header[32..36].copy_from_slice(&loc.raw_len.to_le_bytes());
+                        header[36..40].copy_from_slice(&loc.stored_len.to_le_bytes());
+                        header[40] = loc.codec as u8;
+                        for part in [&header[..], &stored[..]] {
+                            w.write_all(part).at(&tmp)?;
+                            h.update(part);
+                        }
+                        placed.push((*id, offset + RECORD_HEADER, *loc));
+                        offset += RECORD_HEADER + stored.len() as u64;
+                    }
+                    w.flush().at(&tmp)?;
+                    let digest = Digest(*h.finalize().as_bytes());
+                    let placed = placed
+                        .into_iter()
+                        .map(|(id, off, l)| {
+                            let rl = RemoteLocator {
+                                pack: digest,
+                                offset: off,
+                                stored_len: l.stored_len,
+                                raw_len: l.raw_len,
+                                codec: l.codec,
+                            };
+                            (id, rl)
+                        })
+                        .collect();
+                    Ok(Staged { tmp: tmp.clone(), digest, len: offset, placed })
+                })();
+                match r {
+                    Ok(p) => {
+                        if let Err(crossbeam_channel::SendError(p)) = tx.send(p) {
+                            let _ = std::fs::remove_file(&p.tmp);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        fail(e);
+                    }
+                }
+            }
+        });
+        out.into_inner().unwrap()
     }
 
     /// A root by name: this store's, else (with S3) the remote one, recorded here with its
@@ -325,25 +422,53 @@ impl Store {
         Ok(Some(tree))
     }
 
-    /// Fetches a chunk from S3 (verified), keeps it in a local fetched pack and indexes it.
-    pub(crate) fn fetch_remote(&self, id: &Digest) -> Result<Option<Vec<u8>>> {
+    /// Fetches a chunk from S3, with readahead of `ahead` (the next chunks of its file), verifies
+    /// each, keeps them in a local fetched pack and indexes them. Two readers racing on the same
+    /// chunks may both fetch them; the second copy is only dead space in a fetched pack.
+    pub(crate) fn fetch_remote(&self, id: &Digest, ahead: &[ChunkRef]) -> Result<Option<Vec<u8>>> {
         let Some(remote) = &self.remote else { return Ok(None) };
         let Some(rl) = self.remote_locator(id)? else { return Ok(None) };
-        let stored = match remote.get_range(&format!("packs/{}", rl.pack), rl.offset, u64::from(rl.stored_len)) {
-            Ok(s) => s,
+        // Readahead: the file's next chunks, while they are neither here nor in memory and sit
+        // right after this one in the same remote pack, up to READAHEAD bytes.
+        let mut run = vec![(*id, rl)];
+        let mut end = rl.offset + u64::from(rl.stored_len);
+        for c in ahead {
+            if end - rl.offset >= READAHEAD
+                || self.chunk_cached(&c.id).is_some()
+                || self.index.contains(Cf::Chunks, c.id.as_bytes())?
+            {
+                break;
+            }
+            match self.remote_locator(&c.id)? {
+                Some(next) if next.pack == rl.pack && next.offset == end + RECORD_HEADER => {
+                    end = next.offset + u64::from(next.stored_len);
+                    run.push((c.id, next));
+                }
+                _ => break,
+            }
+        }
+        let bytes = match remote.get_range(&format!("packs/{}", rl.pack), rl.offset, end - rl.offset) {
+            Ok(b) => b,
             Err(e) => {
                 self.log_offline(&e);
                 return Err(e);
             }
         };
-        let data = decode_chunk(id, &rl.local(0, rl.offset), &stored).map_err(|e| match e {
-            Error::Corrupt { what, digest, detail } => {
-                Error::Corrupt { what, digest, detail: format!("{detail} (fetched from S3 pack {})", rl.pack) }
+        let mut got = Vec::with_capacity(run.len());
+        let mut first = None;
+        for (cid, crl) in run {
+            let at = (crl.offset - rl.offset) as usize;
+            let stored = bytes[at..at + crl.stored_len as usize].to_vec();
+            let data = check_fetched(&cid, &crl, &stored)?;
+            if first.is_none() {
+                first = Some(data);
+            } else {
+                self.cache_chunk(cid, data);
             }
-            e => e,
-        })?;
-        self.keep_fetched(&[(*id, rl, stored)])?;
-        Ok(Some(data))
+            got.push((cid, crl, stored));
+        }
+        self.keep_fetched(&got)?;
+        Ok(first)
     }
 
     /// One line when S3 becomes unreachable, then at most one a minute.
@@ -496,7 +621,7 @@ impl Store {
     }
 
     /// Fetches every chunk of a root that is not here (finding the root in S3 if need be).
-    pub fn pull(&self, what: &str, progress: &dyn Fn(u64, u64)) -> Result<PullReport> {
+    pub fn pull(&self, what: &str, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<PullReport> {
         let remote = self.remote_or_err()?;
         let tree = match self.find_root(what)? {
             Some(t) => t,
@@ -513,42 +638,78 @@ impl Store {
             by_pack.entry(rl.pack).or_default().push((*id, rl));
         }
         let total: u64 = by_pack.values().flatten().map(|(_, rl)| u64::from(rl.stored_len)).sum();
-        let mut done = 0u64;
-        for (pack, mut chunks) in by_pack {
+        // Runs of chunks close together in a pack, up to PULL_RANGE bytes: one GET each.
+        let mut ranges: Vec<Vec<(Digest, RemoteLocator)>> = Vec::new();
+        for (_, mut chunks) in by_pack {
             chunks.sort_by_key(|(_, rl)| rl.offset);
-            let mut i = 0;
-            while i < chunks.len() {
-                // A run of chunks close together, up to PULL_RANGE bytes, in one GET.
-                let start = chunks[i].1.offset;
-                let mut j = i + 1;
-                let mut end = start + u64::from(chunks[i].1.stored_len);
-                while j < chunks.len() {
-                    let rl = chunks[j].1;
-                    let next_end = rl.offset + u64::from(rl.stored_len);
-                    if rl.offset > end + (1 << 20) || next_end - start > PULL_RANGE {
-                        break;
-                    }
-                    end = end.max(next_end);
-                    j += 1;
+            let (mut run, mut start, mut end) = (Vec::new(), 0u64, 0u64);
+            for (id, rl) in chunks {
+                let rl_end = rl.offset + u64::from(rl.stored_len);
+                if !run.is_empty() && (rl.offset > end + (1 << 20) || rl_end - start > PULL_RANGE) {
+                    ranges.push(std::mem::take(&mut run));
                 }
-                let bytes = remote.get_range(&format!("packs/{pack}"), start, end - start)?;
-                let mut got = Vec::with_capacity(j - i);
-                for (id, rl) in &chunks[i..j] {
-                    let at = (rl.offset - start) as usize;
-                    let stored = bytes[at..at + rl.stored_len as usize].to_vec();
-                    decode_chunk(id, &rl.local(0, rl.offset), &stored)?;
-                    report.fetched_bytes += u64::from(rl.raw_len);
-                    done += u64::from(rl.stored_len);
-                    got.push((*id, *rl, stored));
+                if run.is_empty() {
+                    (start, end) = (rl.offset, rl_end);
                 }
-                report.fetched_chunks += got.len() as u64;
-                self.keep_fetched(&got)?;
-                progress(done, total);
-                i = j;
+                end = end.max(rl_end);
+                run.push((id, rl));
             }
+            ranges.push(run);
+        }
+        // PARALLEL_GETS threads each fetch, verify and keep one range at a time.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let out = Mutex::new((0u64, 0u64, None::<Error>));
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL_GETS {
+                s.spawn(|| {
+                    while out.lock().unwrap().2.is_none() {
+                        let Some(run) = ranges.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
+                        let r = self.pull_range(remote, run);
+                        let mut o = out.lock().unwrap();
+                        match r {
+                            Ok(bytes) => {
+                                o.0 += run.len() as u64;
+                                o.1 += run.iter().map(|(_, rl)| u64::from(rl.raw_len)).sum::<u64>();
+                                drop(o);
+                                progress(done.fetch_add(bytes, Ordering::SeqCst) + bytes, total);
+                            }
+                            Err(e) => {
+                                o.2.get_or_insert(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let (chunks, bytes, error) = out.into_inner().unwrap();
+        report.fetched_chunks = chunks;
+        report.fetched_bytes = bytes;
+        if let Some(e) = error {
+            return Err(e);
         }
         self.evict()?;
         Ok(report)
+    }
+
+    /// Fetches one run of chunks of a pack with one ranged GET, verifies each and keeps them.
+    /// Returns the stored bytes kept.
+    fn pull_range(&self, remote: &Remote, run: &[(Digest, RemoteLocator)]) -> Result<u64> {
+        let (pack, start) = (run[0].1.pack, run[0].1.offset);
+        // Offsets only grow along a run (sorted), but lengths vary: the end is the furthest.
+        let end = run.iter().map(|(_, r)| r.offset + u64::from(r.stored_len)).max().unwrap_or(start);
+        let bytes = remote.get_range(&format!("packs/{pack}"), start, end - start)?;
+        let mut got = Vec::with_capacity(run.len());
+        let mut kept = 0u64;
+        for (id, rl) in run {
+            let at = (rl.offset - start) as usize;
+            let stored = bytes[at..at + rl.stored_len as usize].to_vec();
+            check_fetched(id, rl, &stored)?;
+            kept += u64::from(rl.stored_len);
+            got.push((*id, *rl, stored));
+        }
+        self.keep_fetched(&got)?;
+        Ok(kept)
     }
 
     /// Removes packs no root reaches any more, and the locators of unreachable chunks.
@@ -623,6 +784,16 @@ impl Store {
 /// First line of a root object. v2: file digests hash chunk lists (store format 2); roots of
 /// other versions are not read.
 const ROOT_HEADER: &str = "vorpalfs root v2";
+
+/// Decodes and verifies a chunk fetched from S3; an error names the pack it came from.
+fn check_fetched(id: &Digest, rl: &RemoteLocator, stored: &[u8]) -> Result<Vec<u8>> {
+    decode_chunk(id, &rl.local(0, rl.offset), stored).map_err(|e| match e {
+        Error::Corrupt { what, digest, detail } => {
+            Error::Corrupt { what, digest, detail: format!("{detail} (fetched from S3 pack {})", rl.pack) }
+        }
+        e => e,
+    })
+}
 
 fn parse_root(obj: &[u8]) -> Option<(Digest, Digest)> {
     let text = std::str::from_utf8(obj).ok()?;
