@@ -248,8 +248,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Umount { dir } => {
             let mountpoint = dir.map_or(settings.mountpoint.clone(), |d| settings.abs(&d));
             if let Some(conn) = client::connect(&settings) {
+                // The daemon's own mountpoint, which may not be the default.
+                let served = client::status(conn)
+                    .ok()
+                    .and_then(|st| st["mountpoint"].as_str().map(PathBuf::from))
+                    .unwrap_or(mountpoint);
+                let conn = client::connect(&settings).context("the daemon went away")?;
                 client::shutdown(conn, &settings)?;
-                eprintln!("unmounted {}", mountpoint.display());
+                eprintln!("unmounted {}", served.display());
             } else if vorpalfs_fs::is_mountpoint(&mountpoint) {
                 vorpalfs_fs::detach(&mountpoint).with_context(|| format!("cannot unmount {}", mountpoint.display()))?;
                 eprintln!("no daemon was running; detached the mount at {}", mountpoint.display());

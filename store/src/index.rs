@@ -136,7 +136,13 @@ impl Index {
     }
 
     /// Applies a batch atomically and durably (synced WAL).
+    /// Applies a batch atomically and durably (the WAL is synced).
     pub fn commit(&self, batch: Batch) -> Result<()> {
+        self.commit_with(batch, true)
+    }
+
+    /// Applies a batch atomically; with `sync` false it may be lost (whole) in a crash.
+    pub fn commit_with(&self, batch: Batch, sync: bool) -> Result<()> {
         let mut wb = WriteBatch::default();
         for (cf, k, v) in batch.ops {
             match v {
@@ -145,7 +151,7 @@ impl Index {
             }
         }
         let mut wo = WriteOptions::default();
-        wo.set_sync(true);
+        wo.set_sync(sync);
         self.db.write_opt(wb, &wo).map_err(|e| Self::err(&self.path, e))
     }
 

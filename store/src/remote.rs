@@ -185,8 +185,13 @@ impl Remote {
                 .send()
                 .await
                 .map_err(|e| s3_err(&cfg, &key, e))?;
-            let b = o.body.collect().await.map_err(|e| s3_err(&cfg, &key, e))?;
-            Ok(b.into_bytes().to_vec())
+            // Straight into one buffer of the expected size: no aggregate-then-copy.
+            let mut out = Vec::with_capacity(len as usize);
+            let mut body = o.body;
+            while let Some(part) = body.try_next().await.map_err(|e| s3_err(&cfg, &key, e))? {
+                out.extend_from_slice(&part);
+            }
+            Ok(out)
         });
         let r = r.and_then(|b: Vec<u8>| {
             if b.len() as u64 != len {

@@ -458,8 +458,8 @@ impl Store {
         let mut first = None;
         for (cid, crl) in run {
             let at = (crl.offset - rl.offset) as usize;
-            let stored = bytes[at..at + crl.stored_len as usize].to_vec();
-            let data = check_fetched(&cid, &crl, &stored)?;
+            let stored = &bytes[at..at + crl.stored_len as usize];
+            let data = check_fetched(&cid, &crl, stored)?;
             if first.is_none() {
                 first = Some(data);
             } else {
@@ -481,7 +481,7 @@ impl Store {
     }
 
     /// Appends verified chunks to the open fetch pack and indexes them in one commit.
-    fn keep_fetched(&self, chunks: &[(Digest, RemoteLocator, Vec<u8>)]) -> Result<()> {
+    fn keep_fetched(&self, chunks: &[(Digest, RemoteLocator, &[u8])]) -> Result<()> {
         let mut slot = self.sync.fetch_pack.lock().unwrap();
         let mut batch = Batch::default();
         for (id, rl, stored) in chunks {
@@ -509,7 +509,10 @@ impl Store {
             batch.put(Cf::Packs, &pid.to_be_bytes(), &info.encode());
         }
         drop(slot);
-        self.commit(batch)?;
+        // Not synced (but for a sealed pack): this is a cache. A crash may lose the entries, or
+        // keep entries whose bytes never reached the disk; those fail verification when read
+        // and are fetched again. Syncing here cost a WAL fsync per lazy read.
+        self.index.commit_with(batch, full)?;
         if full {
             self.evict()?;
         }
@@ -703,8 +706,8 @@ impl Store {
         let mut kept = 0u64;
         for (id, rl) in run {
             let at = (rl.offset - start) as usize;
-            let stored = bytes[at..at + rl.stored_len as usize].to_vec();
-            check_fetched(id, rl, &stored)?;
+            let stored = &bytes[at..at + rl.stored_len as usize];
+            check_fetched(id, rl, stored)?;
             kept += u64::from(rl.stored_len);
             got.push((*id, *rl, stored));
         }
