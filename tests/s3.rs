@@ -100,6 +100,14 @@ fn a_corrupted_object_gives_eio_never_wrong_bytes() {
     let err = fs::read(m.path(&digest).join("data.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(m.log().contains("corrupt chunk"), "{}", m.log());
+
+    // A pull takes the whole pack, checked against its name: refused, and nothing kept.
+    let c = host(&s3, "corrupt", None);
+    let r = c.run(["pull", &digest]);
+    r.fails_with(&["corrupt pack", packs[0].rsplit('/').next().unwrap(), "does not match its name"]);
+    let packs_dir = c.path("store/packs");
+    let left: Vec<_> = fs::read_dir(&packs_dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -20,6 +20,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::records::{Codec, Locator, PackInfo};
 
 const MAGIC: &[u8; 8] = b"VPFSPAK1";
+/// Bytes before the first record.
+pub const PACK_HEADER: u64 = MAGIC.len() as u64;
 pub const RECORD_HEADER: u64 = 32 + 4 + 4 + 1;
 
 /// A pack is sealed and a new one started past this size.
@@ -117,6 +119,15 @@ impl PackWriter {
         self.len += RECORD_HEADER + stored.len() as u64;
         self.chunks += 1;
         Ok(loc)
+    }
+
+    /// Appends whole records as they are (a remote pack's bytes: the same records without the
+    /// magic). The caller knows, and indexes, what they hold.
+    pub fn append_records(&mut self, records: &[u8], chunks: u32) -> Result<()> {
+        self.out.write_all(records).at(&self.path)?;
+        self.len += records.len() as u64;
+        self.chunks += chunks;
+        Ok(())
     }
 
     /// Makes what was appended readable through other handles (no fsync).

@@ -172,6 +172,45 @@ impl Remote {
         self.failed(r)
     }
 
+    /// A whole object, handed to `sink` part by part as it arrives (memory: a few parts).
+    /// Returns its length. An error from `sink` stops the download and is returned.
+    pub fn get_streamed(&self, rel: &str, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<u64> {
+        let (client, key, cfg) = (self.client.clone(), self.key(rel), self.cfg.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        self.rt.spawn(async move {
+            let mut body = match client.get_object().bucket(&cfg.bucket).key(&key).send().await {
+                Ok(o) => o.body,
+                Err(e) => return drop(tx.send(Err(s3_err(&cfg, &key, e))).await),
+            };
+            loop {
+                let part = match body.try_next().await {
+                    Ok(Some(part)) => Ok(part),
+                    Ok(None) => return,
+                    Err(e) => Err(s3_err(&cfg, &key, e)),
+                };
+                let last = part.is_err();
+                // The receiver is gone when the sink failed: stop downloading.
+                if tx.send(part).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let mut n = 0u64;
+        let r = (|| {
+            while let Some(part) = rx.blocking_recv() {
+                let part = part?;
+                sink(&part)?;
+                n += part.len() as u64;
+            }
+            Ok(n)
+        })();
+        if r.is_ok() {
+            self.stats.gets.fetch_add(1, Ordering::Relaxed);
+            self.stats.get_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        self.failed(r)
+    }
+
     /// Bytes `offset .. offset + len` of an object (a ranged GET).
     pub fn get_range(&self, rel: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let (client, key, cfg) = (self.client.clone(), self.key(rel), self.cfg.clone());

@@ -27,7 +27,7 @@ use std::time::Instant;
 use crate::digest::{Digest, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Batch, Cf};
-use crate::pack::{PackWriter, RECORD_HEADER, decode_chunk};
+use crate::pack::{PACK_HEADER, PackWriter, RECORD_HEADER, decode_chunk};
 use crate::records::{ChunkRef, Codec, FileRecord, Locator, PackInfo};
 use crate::remote::Remote;
 use crate::store::Store;
@@ -642,14 +642,24 @@ impl Store {
         }
         let total: u64 = by_pack.values().flatten().map(|(_, rl)| u64::from(rl.stored_len)).sum();
         // Runs of chunks close together in a pack, up to PULL_RANGE bytes: one GET each.
-        let mut ranges: Vec<Vec<(Digest, RemoteLocator)>> = Vec::new();
+        // A pack mostly needed comes whole, verified by its name (BLAKE3 of the object) as it
+        // streams to disk, where it is a fetched pack as is: no chunk is decoded or copied. Other
+        // packs come as runs of chunks close together, up to PULL_RANGE bytes, one GET each,
+        // each chunk verified by its own digest.
+        let mut ranges: Vec<(bool, Vec<(Digest, RemoteLocator)>)> = Vec::new();
         for (_, mut chunks) in by_pack {
             chunks.sort_by_key(|(_, rl)| rl.offset);
+            let needed: u64 = chunks.iter().map(|(_, rl)| RECORD_HEADER + u64::from(rl.stored_len)).sum();
+            let span = chunks.iter().map(|(_, rl)| rl.offset + u64::from(rl.stored_len)).max().unwrap_or(0);
+            if needed * 4 >= span * 3 {
+                ranges.push((true, chunks));
+                continue;
+            }
             let (mut run, mut start, mut end) = (Vec::new(), 0u64, 0u64);
             for (id, rl) in chunks {
                 let rl_end = rl.offset + u64::from(rl.stored_len);
                 if !run.is_empty() && (rl.offset > end + (1 << 20) || rl_end - start > PULL_RANGE) {
-                    ranges.push(std::mem::take(&mut run));
+                    ranges.push((false, std::mem::take(&mut run)));
                 }
                 if run.is_empty() {
                     (start, end) = (rl.offset, rl_end);
@@ -657,9 +667,9 @@ impl Store {
                 end = end.max(rl_end);
                 run.push((id, rl));
             }
-            ranges.push(run);
+            ranges.push((false, run));
         }
-        // PARALLEL_GETS threads each fetch, verify and keep one range at a time.
+        // PARALLEL_GETS threads each fetch, verify and keep one pack or range at a time.
         let next = std::sync::atomic::AtomicUsize::new(0);
         let done = std::sync::atomic::AtomicU64::new(0);
         let out = Mutex::new((0u64, 0u64, None::<Error>));
@@ -667,8 +677,8 @@ impl Store {
             for _ in 0..PARALLEL_GETS {
                 s.spawn(|| {
                     while out.lock().unwrap().2.is_none() {
-                        let Some(run) = ranges.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
-                        let r = self.pull_range(remote, run);
+                        let Some((whole, run)) = ranges.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
+                        let r = if *whole { self.pull_pack(remote, run) } else { self.pull_range(remote, run) };
                         let mut o = out.lock().unwrap();
                         match r {
                             Ok(bytes) => {
@@ -693,6 +703,54 @@ impl Store {
         }
         self.evict()?;
         Ok(report)
+    }
+
+    /// Fetches a whole remote pack into a new local fetched pack, checking it against its name,
+    /// and indexes `chunks` (the ones wanted) in it. Returns their stored bytes.
+    fn pull_pack(&self, remote: &Remote, chunks: &[(Digest, RemoteLocator)]) -> Result<u64> {
+        let pack = chunks[0].1.pack;
+        let pid = self.alloc_pack_id();
+        let mut w = PackWriter::create(&self.packs_dir, pid)?;
+        let mut h = blake3::Hasher::new();
+        let got = remote.get_streamed(&format!("packs/{pack}"), &mut |part| {
+            h.update(part);
+            w.append_records(part, 0)
+        });
+        let got = got.and_then(|n| {
+            if Digest(*h.finalize().as_bytes()) == pack {
+                Ok(n)
+            } else {
+                Err(Error::Corrupt {
+                    what: "pack",
+                    digest: pack,
+                    detail: format!("the S3 object ({n} bytes) does not match its name"),
+                })
+            }
+        });
+        let end = chunks.iter().map(|(_, rl)| rl.offset + u64::from(rl.stored_len)).max().unwrap_or(0);
+        if let Err(e) = got.and_then(|n| {
+            if n < end {
+                return Err(Error::Corrupt {
+                    what: "pack",
+                    digest: pack,
+                    detail: "shorter than the index says".into(),
+                });
+            }
+            w.append_records(&[], chunks.len() as u32)
+        }) {
+            w.discard();
+            return Err(e);
+        }
+        let (pid, info) = w.seal()?;
+        let mut batch = Batch::default();
+        batch.put(Cf::Packs, &pid.to_be_bytes(), &info.encode());
+        batch.put(Cf::Meta, &[FETCHED, &pid.to_be_bytes()[..]].concat(), b"");
+        for (id, rl) in chunks {
+            batch.put(Cf::Chunks, id.as_bytes(), &rl.local(pid, PACK_HEADER + rl.offset).encode());
+        }
+        self.commit(batch)?;
+        self.sync.recency.lock().unwrap().insert(pid, Instant::now());
+        Ok(chunks.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum())
     }
 
     /// Fetches one run of chunks of a pack with one ranged GET, verifies each and keeps them.
