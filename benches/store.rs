@@ -5,6 +5,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vorpalfs_benches::real_data;
+use vorpalfs_store::chunker::Chunker;
 use vorpalfs_store::{Digest, Kind, Store};
 
 const DATA: usize = 32 << 20;
@@ -19,6 +20,20 @@ fn chunking(c: &mut Criterion) {
             b.iter(|| fastcdc::v2020::FastCDC::new(d, min, avg, max).count())
         });
     }
+    // The store's streaming chunker (reads into its reused buffer, hands out slices).
+    let mut chunker = Chunker::new();
+    g.bench_with_input("store-chunker-stream", &data, |b, d| {
+        b.iter(|| {
+            let mut n = 0usize;
+            chunker
+                .chunks(&d[..], d.len() as u64, |c| {
+                    n += black_box(c).len();
+                    Ok(())
+                })
+                .unwrap();
+            n
+        })
+    });
     g.finish();
 }
 
