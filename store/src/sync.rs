@@ -511,7 +511,7 @@ impl Store {
         drop(slot);
         // Not synced (but for a sealed pack): this is a cache. A crash may lose the entries, or
         // keep entries whose bytes never reached the disk; those fail verification when read
-        // and are fetched again. Syncing here cost a WAL fsync per lazy read.
+        // and are fetched again. Syncing would cost a WAL fsync per lazy read.
         self.index.commit_with(batch, full)?;
         if full {
             self.evict()?;
@@ -641,7 +641,6 @@ impl Store {
             by_pack.entry(rl.pack).or_default().push((*id, rl));
         }
         let total: u64 = by_pack.values().flatten().map(|(_, rl)| u64::from(rl.stored_len)).sum();
-        // Runs of chunks close together in a pack, up to PULL_RANGE bytes: one GET each.
         // A pack mostly needed comes whole, verified by its name (BLAKE3 of the object) as it
         // streams to disk, where it is a fetched pack as is: no chunk is decoded or copied. Other
         // packs come as runs of chunks close together, up to PULL_RANGE bytes, one GET each,
