@@ -112,7 +112,15 @@ impl Remote {
                 )
                 .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
             if let Some(e) = &endpoint {
-                loader = loader.endpoint_url(e);
+                // An S3-compatible service: the region is only a signing label, taken from the
+                // environment or the profile, else us-east-1. The default chain would also ask
+                // the EC2 metadata service, logging a warning per failed try.
+                let region = aws_config::meta::region::RegionProviderChain::first_try(
+                    aws_config::environment::EnvironmentVariableRegionProvider::new(),
+                )
+                .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+                .or_else("us-east-1");
+                loader = loader.endpoint_url(e).region(region);
             }
             loader.load().await
         });
