@@ -76,14 +76,17 @@ pub struct StepSpec {
 /// The helper's entry point: runs the spec's steps in a new sandbox and exits with 0 when every
 /// step succeeded. Must be called before the process starts any thread.
 pub fn helper_main(spec_path: &Path) -> ! {
-    let code = match helper(spec_path) {
-        Ok(code) => code,
-        Err(e) => {
-            status(&format!("setup: {e}"));
-            eprintln!("vorpalfs sandbox: {e}");
-            125
-        }
-    };
+    exit_with(helper(spec_path))
+}
+
+/// Exits with the steps' status, or with 125 after reporting a setup error (to the builder on
+/// fd 3, and on stderr).
+fn exit_with(r: R<i32>) -> ! {
+    let code = r.unwrap_or_else(|e| {
+        status(&format!("setup: {e}"));
+        eprintln!("vorpalfs sandbox: {e}");
+        125
+    });
     std::process::exit(code)
 }
 
@@ -129,17 +132,7 @@ fn helper(spec_path: &Path) -> R<i32> {
     // SAFETY: this process is single-threaded (the helper runs before anything starts a thread),
     // so the child may do anything after fork.
     match ctx(unsafe { fork() }, || "fork".into())? {
-        ForkResult::Child => {
-            let code = match init(&spec) {
-                Ok(code) => code,
-                Err(e) => {
-                    status(&format!("setup: {e}"));
-                    eprintln!("vorpalfs sandbox: {e}");
-                    125
-                }
-            };
-            std::process::exit(code)
-        }
+        ForkResult::Child => exit_with(init(&spec)),
         ForkResult::Parent { child } => loop {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, code)) => return Ok(code),

@@ -199,11 +199,23 @@ fn bar(ctx: &Ctx<'_>, what: &str) -> Option<indicatif::ProgressBar> {
     Some(pb)
 }
 
-fn show(pb: &Option<indicatif::ProgressBar>, done: u64, total: u64) {
+/// Runs `op` with a progress bar labelled `what` on a terminal (none otherwise).
+fn with_progress<T>(
+    ctx: &Ctx<'_>,
+    what: &str,
+    op: impl FnOnce(&(dyn Fn(u64, u64) + Sync)) -> vorpalfs_store::Result<T>,
+) -> vorpalfs_store::Result<T> {
+    let pb = bar(ctx, what);
+    let r = op(&|done, total| {
+        if let Some(pb) = &pb {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    });
     if let Some(pb) = pb {
-        pb.set_length(total);
-        pb.set_position(done);
+        pb.finish_and_clear();
     }
+    r
 }
 
 pub fn run_sync(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
@@ -212,12 +224,8 @@ pub fn run_sync(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
         SyncCommand::Push(names) => {
             for n in names {
                 let t = Instant::now();
-                let pb = bar(ctx, &format!("push {n}"));
-                let progress = |done: u64, total: u64| show(&pb, done, total);
-                let r = store.push(&n, &progress).with_context(|| format!("cannot push {n}"))?;
-                if let Some(pb) = pb {
-                    pb.finish_and_clear();
-                }
+                let r = with_progress(ctx, &format!("push {n}"), |p| store.push(&n, p))
+                    .with_context(|| format!("cannot push {n}"))?;
                 if ctx.settings.json {
                     writeln!(
                         ctx.out,
@@ -243,12 +251,8 @@ pub fn run_sync(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
         SyncCommand::Pull(names) => {
             for n in names {
                 let t = Instant::now();
-                let pb = bar(ctx, &format!("pull {n}"));
-                let progress = |done: u64, total: u64| show(&pb, done, total);
-                let r = store.pull(&n, &progress).with_context(|| format!("cannot pull {n}"))?;
-                if let Some(pb) = pb {
-                    pb.finish_and_clear();
-                }
+                let r = with_progress(ctx, &format!("pull {n}"), |p| store.pull(&n, p))
+                    .with_context(|| format!("cannot pull {n}"))?;
                 (ctx.root_changed)(&r.tree);
                 if ctx.settings.json {
                     writeln!(

@@ -37,6 +37,16 @@ pub fn pack_id(name: &str) -> Option<u64> {
     (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok()).flatten()
 }
 
+/// The header of one record: `id raw_len stored_len codec`.
+pub fn record_header(id: &Digest, raw_len: u32, stored_len: u32, codec: Codec) -> [u8; RECORD_HEADER as usize] {
+    let mut header = [0u8; RECORD_HEADER as usize];
+    header[..32].copy_from_slice(id.as_bytes());
+    header[32..36].copy_from_slice(&raw_len.to_le_bytes());
+    header[36..40].copy_from_slice(&stored_len.to_le_bytes());
+    header[40] = codec as u8;
+    header
+}
+
 /// Compresses a chunk; keeps it raw when zstd does not make it smaller.
 pub fn encode_chunk(z: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> (Codec, Vec<u8>) {
     match z.compress(data) {
@@ -102,11 +112,7 @@ impl PackWriter {
 
     /// Appends one chunk and returns where its bytes are.
     pub fn append(&mut self, id: &Digest, raw_len: u32, codec: Codec, stored: &[u8]) -> Result<Locator> {
-        let mut header = [0u8; RECORD_HEADER as usize];
-        header[..32].copy_from_slice(id.as_bytes());
-        header[32..36].copy_from_slice(&raw_len.to_le_bytes());
-        header[36..40].copy_from_slice(&(stored.len() as u32).to_le_bytes());
-        header[40] = codec as u8;
+        let header = record_header(id, raw_len, stored.len() as u32, codec);
         self.out.write_all(&header).at(&self.path)?;
         self.out.write_all(stored).at(&self.path)?;
         let loc = Locator {
@@ -122,11 +128,10 @@ impl PackWriter {
     }
 
     /// Appends whole records as they are (a remote pack's bytes: the same records without the
-    /// magic). The caller knows, and indexes, what they hold.
-    pub fn append_records(&mut self, records: &[u8], chunks: u32) -> Result<()> {
+    /// magic). The caller knows, and indexes, what they hold (the sealed info counts no chunks).
+    pub fn append_records(&mut self, records: &[u8]) -> Result<()> {
         self.out.write_all(records).at(&self.path)?;
         self.len += records.len() as u64;
-        self.chunks += chunks;
         Ok(())
     }
 

@@ -27,7 +27,7 @@ use std::time::Instant;
 use crate::digest::{Digest, Kind};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Batch, Cf};
-use crate::pack::{PACK_HEADER, PackWriter, RECORD_HEADER, decode_chunk};
+use crate::pack::{PACK_HEADER, PackWriter, RECORD_HEADER, decode_chunk, record_header};
 use crate::records::{ChunkRef, Codec, FileRecord, Locator, PackInfo};
 use crate::remote::Remote;
 use crate::store::Store;
@@ -344,11 +344,7 @@ impl Store {
                         && let Some((id, loc)) = chunks.next()
                     {
                         let stored = self.packs.read_stored(id, loc)?;
-                        let mut header = [0u8; RECORD_HEADER as usize];
-                        header[..32].copy_from_slice(id.as_bytes());
-                        header[32..36].copy_from_slice(&loc.raw_len.to_le_bytes());
-                        header[36..40].copy_from_slice(&loc.stored_len.to_le_bytes());
-                        header[40] = loc.codec as u8;
+                        let header = record_header(id, loc.raw_len, loc.stored_len, loc.codec);
                         for part in [&header[..], &stored[..]] {
                             w.write_all(part).at(&tmp)?;
                             h.update(part);
@@ -447,28 +443,44 @@ impl Store {
                 _ => break,
             }
         }
-        let bytes = match remote.get_range(&format!("packs/{}", rl.pack), rl.offset, end - rl.offset) {
-            Ok(b) => b,
-            Err(e) => {
-                self.log_offline(&e);
-                return Err(e);
-            }
-        };
-        let mut got = Vec::with_capacity(run.len());
         let mut first = None;
-        for (cid, crl) in run {
-            let at = (crl.offset - rl.offset) as usize;
-            let stored = &bytes[at..at + crl.stored_len as usize];
-            let data = check_fetched(&cid, &crl, stored)?;
+        self.fetch_run(remote, &run, |cid, data| {
             if first.is_none() {
                 first = Some(data);
             } else {
                 self.cache_chunk(cid, data);
             }
-            got.push((cid, crl, stored));
+        })
+        .inspect_err(|e| {
+            if matches!(e, Error::Remote { .. }) {
+                self.log_offline(e);
+            }
+        })?;
+        Ok(first)
+    }
+
+    /// Fetches `run` (chunks of one remote pack, in offset order) with one ranged GET, verifies
+    /// each chunk, keeps them all in the fetched pack and hands each one's bytes to `decoded`.
+    /// Returns the stored bytes kept.
+    fn fetch_run(
+        &self,
+        remote: &Remote,
+        run: &[(Digest, RemoteLocator)],
+        mut decoded: impl FnMut(Digest, Vec<u8>),
+    ) -> Result<u64> {
+        let (pack, start) = (run[0].1.pack, run[0].1.offset);
+        // Offsets only grow along a run, but lengths vary: the end is the furthest.
+        let end = run.iter().map(|(_, r)| r.offset + u64::from(r.stored_len)).max().unwrap_or(start);
+        let bytes = remote.get_range(&format!("packs/{pack}"), start, end - start)?;
+        let mut got = Vec::with_capacity(run.len());
+        for (id, rl) in run {
+            let at = (rl.offset - start) as usize;
+            let stored = &bytes[at..at + rl.stored_len as usize];
+            decoded(*id, check_fetched(id, rl, stored)?);
+            got.push((*id, *rl, stored));
         }
         self.keep_fetched(&got)?;
-        Ok(first)
+        Ok(run.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum())
     }
 
     /// One line when S3 becomes unreachable, then at most one a minute.
@@ -677,7 +689,8 @@ impl Store {
                 s.spawn(|| {
                     while out.lock().unwrap().2.is_none() {
                         let Some((whole, run)) = ranges.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
-                        let r = if *whole { self.pull_pack(remote, run) } else { self.pull_range(remote, run) };
+                        let r =
+                            if *whole { self.pull_pack(remote, run) } else { self.fetch_run(remote, run, |_, _| {}) };
                         let mut o = out.lock().unwrap();
                         match r {
                             Ok(bytes) => {
@@ -713,34 +726,26 @@ impl Store {
         let mut h = blake3::Hasher::new();
         let got = remote.get_streamed(&format!("packs/{pack}"), &mut |part| {
             h.update(part);
-            w.append_records(part, 0)
+            w.append_records(part)
         });
-        let got = got.and_then(|n| {
-            if Digest(*h.finalize().as_bytes()) == pack {
-                Ok(n)
-            } else {
-                Err(Error::Corrupt {
-                    what: "pack",
-                    digest: pack,
-                    detail: format!("the S3 object ({n} bytes) does not match its name"),
-                })
-            }
-        });
+        // Every byte checked against the pack's name, and the pack long enough for the index.
         let end = chunks.iter().map(|(_, rl)| rl.offset + u64::from(rl.stored_len)).max().unwrap_or(0);
-        if let Err(e) = got.and_then(|n| {
-            if n < end {
-                return Err(Error::Corrupt {
-                    what: "pack",
-                    digest: pack,
-                    detail: "shorter than the index says".into(),
-                });
-            }
-            w.append_records(&[], chunks.len() as u32)
-        }) {
+        let checked = got.and_then(|n| {
+            let detail = if Digest(*h.finalize().as_bytes()) != pack {
+                format!("the S3 object ({n} bytes) does not match its name")
+            } else if n < end {
+                "shorter than the index says".to_string()
+            } else {
+                return Ok(());
+            };
+            Err(Error::Corrupt { what: "pack", digest: pack, detail })
+        });
+        if let Err(e) = checked {
             w.discard();
             return Err(e);
         }
         let (pid, info) = w.seal()?;
+        let info = PackInfo { chunks: chunks.len() as u32, ..info };
         let mut batch = Batch::default();
         batch.put(Cf::Packs, &pid.to_be_bytes(), &info.encode());
         batch.put(Cf::Meta, &[FETCHED, &pid.to_be_bytes()[..]].concat(), b"");
@@ -750,26 +755,6 @@ impl Store {
         self.commit(batch)?;
         self.sync.recency.lock().unwrap().insert(pid, Instant::now());
         Ok(chunks.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum())
-    }
-
-    /// Fetches one run of chunks of a pack with one ranged GET, verifies each and keeps them.
-    /// Returns the stored bytes kept.
-    fn pull_range(&self, remote: &Remote, run: &[(Digest, RemoteLocator)]) -> Result<u64> {
-        let (pack, start) = (run[0].1.pack, run[0].1.offset);
-        // Offsets only grow along a run (sorted), but lengths vary: the end is the furthest.
-        let end = run.iter().map(|(_, r)| r.offset + u64::from(r.stored_len)).max().unwrap_or(start);
-        let bytes = remote.get_range(&format!("packs/{pack}"), start, end - start)?;
-        let mut got = Vec::with_capacity(run.len());
-        let mut kept = 0u64;
-        for (id, rl) in run {
-            let at = (rl.offset - start) as usize;
-            let stored = &bytes[at..at + rl.stored_len as usize];
-            check_fetched(id, rl, stored)?;
-            kept += u64::from(rl.stored_len);
-            got.push((*id, *rl, stored));
-        }
-        self.keep_fetched(&got)?;
-        Ok(kept)
     }
 
     /// Removes packs no root reaches any more, and the locators of unreachable chunks.
