@@ -3,13 +3,19 @@
 # only what is missing. Run as root (or with sudo available).
 set -euo pipefail
 
+# Every external program the build, the tests and scripts/bench call comes from one of these
+# (the test harness checks for each before any test runs and names the package to install).
 packages=(
   build-essential   # cc for the hello example and for crates that build C
   clang libclang-dev pkg-config   # librocksdb-sys builds RocksDB and generates bindings
   fuse3             # fusermount3 and /etc/fuse.conf for the mount
-  util-linux        # mount, setpriv, unshare
+  util-linux mount  # mount, umount, setpriv, unshare
   busybox-static    # the rootfs of examples/hermetic
-  python3-venv      # scripts/test.sh installs the S3 test server (moto) in a venv
+  python3 python3-venv   # tests run python3 from the mount; test.sh installs moto in a venv
+  attr              # getfattr: the tests read the digest extended attribute
+  procps            # pgrep, pkill: the tests look for processes a build left behind
+  diffutils findutils coreutils gawk tar   # diff -r, find, xargs, sha256sum, awk, tar in the tests
+  curl bc zstd time # scripts/bench: readiness checks, arithmetic, the Vorpal pipeline, /usr/bin/time
 )
 missing=()
 for p in "${packages[@]}"; do

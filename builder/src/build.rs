@@ -158,6 +158,8 @@ struct Plan<'m> {
     m: &'m Manifest,
     recipes: Vec<Option<Recipe>>,
     digests: Vec<Option<Digest>>,
+    /// The sources' trees, kept from gc while the plan lives.
+    _sources: Vec<vorpalfs_store::Pin>,
 }
 
 impl Builder {
@@ -200,10 +202,13 @@ impl Builder {
             }
         }
         let mut trees = HashMap::new();
+        let mut pins = Vec::new();
         for s in needed_sources {
-            trees.insert(s, self.source_tree(m, s)?);
+            let (tree, pin) = self.source_tree(m, s)?;
+            trees.insert(s, tree);
+            pins.push(pin);
         }
-        let mut plan = Plan { m, recipes: vec![None; n], digests: vec![None; n] };
+        let mut plan = Plan { m, recipes: vec![None; n], digests: vec![None; n], _sources: pins };
         for i in graph::topo_order(m) {
             if !wanted[i] {
                 continue;
@@ -250,8 +255,8 @@ impl Builder {
         Ok(plan)
     }
 
-    /// Puts a source into the store and returns its tree.
-    fn source_tree(&self, m: &Manifest, s: usize) -> Result<Digest> {
+    /// Puts a source into the store and returns its tree, pinned for as long as the pin lives.
+    fn source_tree(&self, m: &Manifest, s: usize) -> Result<(Digest, vorpalfs_store::Pin)> {
         let src = &m.sources[s];
         let err = |msg: String| Error::Source { name: src.name.clone(), msg };
         match &src.kind {
@@ -287,23 +292,27 @@ impl Builder {
                     is_dir || inc.as_ref().is_none_or(|g| g.is_match(rel))
                 };
                 let filtered = only.is_some() || inc.is_some() || exc.is_some();
-                let report = if filtered {
-                    self.store.ingest_filtered(&dir, Some(&keep), |_, _| {})
-                } else {
-                    self.store.ingest_filtered(&dir, None, |_, _| {})
-                };
-                Ok(report.map_err(|e| err(e.to_string()))?.root)
+                // Pinned: a source is named by no root, and gc must leave it until the build
+                // that uses it is over.
+                let (report, pin) = self
+                    .store
+                    .ingest_pinned(&dir, if filtered { Some(&keep) } else { None })
+                    .map_err(|e| err(e.to_string()))?;
+                Ok((report.root, pin))
             }
             SourceKind::Url { url, blake3 } => {
-                if let Some(tree) = self.store.fetched_source(blake3)? {
-                    return Ok(tree);
+                if let Some(tree) = self.store.fetched_source(blake3)?
+                    && let Ok(pin) = self.store.pin(&tree)
+                {
+                    return Ok((tree, pin));
                 }
                 let dir = self.cfg.work_dir.join(format!("fetch-{}-{}", &blake3[..12], std::process::id()));
                 let _ = fs::remove_dir_all(&dir);
                 fs::create_dir_all(&dir).at(&dir)?;
                 let result = crate::fetch::download(url, blake3, &dir)
                     .map_err(err)
-                    .and_then(|()| Ok(self.store.add_fetched_source(&dir, blake3)?));
+                    .and_then(|()| Ok(self.store.add_fetched_source(&dir, blake3)?))
+                    .and_then(|tree| Ok((tree, self.store.pin(&tree)?)));
                 let _ = fs::remove_dir_all(&dir);
                 result
             }

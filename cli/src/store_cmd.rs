@@ -279,13 +279,14 @@ pub fn run_sync(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
                 writeln!(
                     ctx.out,
                     "{}",
-                    json!({"packs_removed": r.packs_removed, "bytes_freed": r.bytes_freed, "chunks_dropped": r.chunks_dropped})
+                    json!({"packs_removed": r.packs_removed, "bytes_freed": r.bytes_freed, "chunks_dropped": r.chunks_dropped,
+                           "files_dropped": r.files_dropped, "trees_dropped": r.trees_dropped})
                 )?;
             } else {
                 writeln!(
                     ctx.out,
-                    "freed {} bytes: {} packs removed, {} unreachable chunks dropped",
-                    r.bytes_freed, r.packs_removed, r.chunks_dropped
+                    "freed {} bytes: {} packs removed; unreachable: {} chunks, {} files, {} trees dropped",
+                    r.bytes_freed, r.packs_removed, r.chunks_dropped, r.files_dropped, r.trees_dropped
                 )?;
             }
         }

@@ -69,6 +69,10 @@ impl<V> MetaCache<V> {
     pub fn insert(&self, d: Digest, v: Arc<V>) {
         self.inner.lock().unwrap().put(d, v);
     }
+
+    pub fn clear(&self) {
+        self.inner.lock().unwrap().clear();
+    }
 }
 
 #[cfg(test)]

@@ -313,9 +313,32 @@ impl Store {
         self.ingest_filtered(src, None, finish)
     }
 
+    /// Ingests `src` (keeping only the entries `keep` accepts) without naming it, and pins the
+    /// tree against garbage collection for as long as the returned guard lives (a build's
+    /// sources: used by the build, named by no root).
+    pub fn ingest_pinned(&self, src: &Path, keep: Option<Filter<'_>>) -> Result<(IngestReport, crate::store::Pin)> {
+        let writer = self.gc_lock.read().unwrap();
+        let r = self.ingest_locked(src, keep, |_, _| {})?;
+        let pin = self.pin_held(r.root);
+        drop(writer);
+        Ok((r, pin))
+    }
+
     /// [`Store::ingest_then`] keeping only the entries `keep` accepts (directories it leaves
     /// empty are dropped too).
     pub fn ingest_filtered(
+        &self,
+        src: &Path,
+        keep: Option<Filter<'_>>,
+        finish: impl FnOnce(&Digest, &mut Batch),
+    ) -> Result<IngestReport> {
+        // Held from the first "is this chunk already stored?" to the commit: gc waits, so
+        // nothing the ingest reuses is removed before the root referencing it exists.
+        let _writer = self.gc_lock.read().unwrap();
+        self.ingest_locked(src, keep, finish)
+    }
+
+    fn ingest_locked(
         &self,
         src: &Path,
         keep: Option<Filter<'_>>,

@@ -38,6 +38,6 @@ pub use ingest::{Filter, IngestReport};
 pub use ops::{Problem, Stats, VerifyReport};
 pub use records::{ChunkRef, FileRecord};
 pub use remote::RemoteConfig;
-pub use store::{CacheStats, Options, Root, Store};
+pub use store::{CacheStats, Options, Pin, Root, Store};
 pub use sync::{GcReport, PullReport, PushReport};
 pub use tree::{Entry, EntryKind, Tree};

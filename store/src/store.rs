@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::cache::{ChunkCache, MetaCache};
 use crate::digest::Digest;
@@ -62,7 +62,41 @@ pub struct Store {
     counters: Counters,
     pub(crate) remote: Option<crate::remote::Remote>,
     pub(crate) sync: crate::sync::SyncState,
+    /// Writers that may reference objects already in the index (ingest, lazy lookup, pull,
+    /// `set_root`) hold it shared from their first existence check to their commit; `gc` holds
+    /// it exclusively, so it never removes what a writer has decided to reuse.
+    pub(crate) gc_lock: RwLock<()>,
+    /// Trees kept alive without a root while someone uses them (a build's sources).
+    pins: Pins,
     _lock: File,
+}
+
+/// In-memory temporary roots: gc treats every pinned tree as reachable.
+#[derive(Clone, Default)]
+pub(crate) struct Pins(Arc<Mutex<HashMap<Digest, usize>>>);
+
+/// Keeps a tree (and everything below it) from garbage collection until dropped.
+pub struct Pin {
+    pins: Pins,
+    tree: Digest,
+}
+
+impl Pin {
+    pub fn tree(&self) -> &Digest {
+        &self.tree
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut m = self.pins.0.lock().unwrap();
+        if let Some(n) = m.get_mut(&self.tree) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.tree);
+            }
+        }
+    }
 }
 
 type SharedResult = std::result::Result<Arc<Vec<u8>>, Arc<Error>>;
@@ -135,6 +169,8 @@ impl Store {
                 None => None,
             },
             sync: Default::default(),
+            gc_lock: RwLock::new(()),
+            pins: Pins::default(),
             opts,
             _lock: lock,
         };
@@ -190,6 +226,7 @@ impl Store {
 
     /// Points `name` at `digest` (which must be a stored tree).
     pub fn set_root(&self, name: &str, digest: &Digest) -> Result<()> {
+        let _writer = self.gc_lock.read().unwrap();
         self.tree(digest)?;
         let mut b = Batch::default();
         b.put(Cf::Roots, name.as_bytes(), digest.as_bytes());
@@ -235,6 +272,33 @@ impl Store {
             return Ok(tree);
         }
         Err(Error::UnknownRoot(name_or_digest.to_string()))
+    }
+
+    /// Pins `tree` against garbage collection until the returned guard is dropped. The caller
+    /// must know the tree is stored and not collectable meanwhile (hold `gc_lock` shared, or
+    /// another pin or a root on it).
+    pub(crate) fn pin_held(&self, tree: Digest) -> Pin {
+        *self.pins.0.lock().unwrap().entry(tree).or_default() += 1;
+        Pin { pins: self.pins.clone(), tree }
+    }
+
+    /// Pins a stored tree against garbage collection until the guard is dropped; an error if
+    /// the tree is not (or no longer) stored.
+    pub fn pin(&self, tree: &Digest) -> Result<Pin> {
+        let _writer = self.gc_lock.read().unwrap();
+        self.tree(tree)?;
+        Ok(self.pin_held(*tree))
+    }
+
+    /// Forgets decoded trees and file records (gc removed some from the index).
+    pub(crate) fn clear_meta_caches(&self) {
+        self.trees.clear();
+        self.files.clear();
+    }
+
+    /// Every pinned tree (for gc).
+    pub(crate) fn pinned(&self) -> Vec<Digest> {
+        self.pins.0.lock().unwrap().keys().copied().collect()
     }
 
     // ----- metadata -----

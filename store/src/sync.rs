@@ -121,6 +121,8 @@ pub struct GcReport {
     pub packs_removed: u64,
     pub bytes_freed: u64,
     pub chunks_dropped: u64,
+    pub files_dropped: u64,
+    pub trees_dropped: u64,
 }
 
 /// State of the store's side of S3: the open fetch pack and read recency of fetched packs.
@@ -393,6 +395,8 @@ impl Store {
         }
         let Some(remote) = &self.remote else { return Ok(None) };
         let Some(obj) = remote.get(&format!("roots/{name}"))? else { return Ok(None) };
+        // From "is the tree here?" (and "is this file record here?") to the commit.
+        let _writer = self.gc_lock.read().unwrap();
         let url = || format!("{}/roots/{name}", remote.config().url());
         let (tree, index_digest) =
             parse_root(&obj).ok_or_else(|| Error::Remote { url: url(), message: "not a root object".into() })?;
@@ -444,7 +448,7 @@ impl Store {
             }
         }
         let mut first = None;
-        self.fetch_run(remote, &run, |cid, data| {
+        self.fetch_run(remote, &run, false, |cid, data| {
             if first.is_none() {
                 first = Some(data);
             } else {
@@ -466,6 +470,7 @@ impl Store {
         &self,
         remote: &Remote,
         run: &[(Digest, RemoteLocator)],
+        held: bool,
         mut decoded: impl FnMut(Digest, Vec<u8>),
     ) -> Result<u64> {
         let (pack, start) = (run[0].1.pack, run[0].1.offset);
@@ -479,7 +484,7 @@ impl Store {
             decoded(*id, check_fetched(id, rl, stored)?);
             got.push((*id, *rl, stored));
         }
-        self.keep_fetched(&got)?;
+        self.keep_fetched(&got, held)?;
         Ok(run.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum())
     }
 
@@ -493,7 +498,18 @@ impl Store {
     }
 
     /// Appends verified chunks to the open fetch pack and indexes them in one commit.
-    fn keep_fetched(&self, chunks: &[(Digest, RemoteLocator, &[u8])]) -> Result<()> {
+    fn keep_fetched(&self, chunks: &[(Digest, RemoteLocator, &[u8])], held: bool) -> Result<()> {
+        // While gc runs, fetched chunks are served from memory but not kept on disk: a read
+        // never waits for a gc (and gc never sees a fetch pack change under it).
+        // A caller already holding the lock (pull) says so: a second shared lock could fail
+        // while gc waits for the first.
+        let _writer = match held {
+            true => None,
+            false => match self.gc_lock.try_read() {
+                Ok(g) => Some(g),
+                Err(_) => return Ok(()),
+            },
+        };
         let mut slot = self.sync.fetch_pack.lock().unwrap();
         let mut batch = Batch::default();
         for (id, rl, stored) in chunks {
@@ -642,6 +658,8 @@ impl Store {
             Some(t) => t,
             None => self.resolve(what)?,
         };
+        // Chunks found here are not fetched: gc must not remove them meanwhile.
+        let _writer = self.gc_lock.read().unwrap();
         let c = self.closure(&tree)?;
         let mut report = PullReport { tree, chunks: c.chunks.len() as u64, ..Default::default() };
         let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>> = HashMap::new();
@@ -689,8 +707,11 @@ impl Store {
                 s.spawn(|| {
                     while out.lock().unwrap().2.is_none() {
                         let Some((whole, run)) = ranges.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
-                        let r =
-                            if *whole { self.pull_pack(remote, run) } else { self.fetch_run(remote, run, |_, _| {}) };
+                        let r = if *whole {
+                            self.pull_pack(remote, run)
+                        } else {
+                            self.fetch_run(remote, run, true, |_, _| {})
+                        };
                         let mut o = out.lock().unwrap();
                         match r {
                             Ok(bytes) => {
@@ -757,32 +778,72 @@ impl Store {
         Ok(chunks.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum())
     }
 
-    /// Removes packs no root reaches any more, and the locators of unreachable chunks.
+    /// Removes every tree, file record and chunk locator that no root (and no pin) reaches,
+    /// and the packs left holding no reachable chunk.
+    ///
+    /// Holds `gc_lock` exclusively: writers that may reuse stored objects hold it shared from
+    /// their first existence check to their commit, so nothing they decided to reuse is
+    /// removed under them, and every root gc sees was committed whole.
     pub fn gc(&self) -> Result<GcReport> {
-        let mut live = HashSet::new();
-        for r in self.roots()? {
-            if self.has_tree(&r.digest)? {
-                live.extend(self.closure(&r.digest)?.chunks);
+        let _gc = self.gc_lock.write().unwrap();
+        let (mut trees, mut files, mut chunks) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let mut stack: Vec<Digest> = self.roots()?.into_iter().map(|r| r.digest).collect();
+        stack.extend(self.pinned());
+        while let Some(t) = stack.pop() {
+            if !trees.insert(t) {
+                continue;
             }
-        }
-        let open = self.sync.fetch_pack.lock().unwrap().as_ref().map(|w| w.id());
-        let mut dead = Batch::default();
-        let mut live_packs = HashSet::new();
-        let mut report = GcReport::default();
-        self.index.scan(Cf::Chunks, |k, v| {
-            if let Some(d) = Digest::from_slice(k) {
-                if live.contains(&d) {
-                    if let Ok(l) = Locator::decode(v, &d) {
-                        live_packs.insert(l.pack);
+            let Some(bytes) = self.index.get(Cf::Trees, t.as_bytes())? else { continue };
+            for e in Tree::decode(&bytes, &t)?.entries() {
+                match &e.kind {
+                    EntryKind::Dir { digest, .. } => stack.push(*digest),
+                    EntryKind::File { digest, .. } => {
+                        if files.insert(*digest)
+                            && let Some(rec) = self.index.get(Cf::Files, digest.as_bytes())?
+                        {
+                            chunks.extend(FileRecord::decode(&rec, digest)?.chunks.iter().map(|c| c.id));
+                        }
                     }
-                } else {
-                    dead.delete(Cf::Chunks, k);
-                    report.chunks_dropped += 1;
+                    EntryKind::Symlink { .. } => {}
                 }
             }
-            true
-        })?;
-        self.commit(dead)?;
+        }
+        let mut report = GcReport::default();
+        let mut live_packs = HashSet::new();
+        for (cf, live, dropped) in [
+            (Cf::Trees, &trees, &mut report.trees_dropped),
+            (Cf::Files, &files, &mut report.files_dropped),
+            (Cf::Chunks, &chunks, &mut report.chunks_dropped),
+        ] {
+            let mut dead = Batch::default();
+            let mut err = None;
+            self.index.scan(cf, |k, v| {
+                match Digest::from_slice(k) {
+                    Some(d) if live.contains(&d) => {
+                        if cf == Cf::Chunks
+                            && let Ok(l) = Locator::decode(v, &d)
+                        {
+                            live_packs.insert(l.pack);
+                        }
+                    }
+                    _ => {
+                        dead.delete(cf, k);
+                        *dropped += 1;
+                    }
+                }
+                // Bounded batches: a store of millions of objects is not deleted in one.
+                if dead.len() >= 100_000 {
+                    err = self.commit(std::mem::take(&mut dead)).err();
+                }
+                err.is_none()
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+            self.commit(dead)?;
+        }
+        self.clear_meta_caches();
+        let open = self.sync.fetch_pack.lock().unwrap().as_ref().map(|w| w.id());
         for (id, info) in self.packs()? {
             if live_packs.contains(&id) || Some(id) == open {
                 continue;
