@@ -20,12 +20,7 @@ pub fn real_data(n: usize) -> Vec<u8> {
             }
         }
     }
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.push(x as u8);
-    }
+    let pad = n - out.len();
+    out.extend(vorpalfs_store::testing::pseudo_random(pad, 0x2545_F491_4F6C_DD1D));
     out
 }

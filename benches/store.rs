@@ -5,8 +5,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use vorpalfs_benches::real_data;
-use vorpalfs_store::chunker::Chunker;
-use vorpalfs_store::{Digest, Kind, Store};
+use vorpalfs_store::{Chunker, Digest, Kind, Store};
 
 const DATA: usize = 32 << 20;
 

@@ -36,6 +36,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{Error, Result};
+use crate::graph::Graph;
 
 /// The file looked for when a directory is given.
 pub const FILE_NAME: &str = "vorpalfs.toml";
@@ -158,6 +159,8 @@ pub struct Manifest {
     pub dir: PathBuf,
     pub sources: Vec<Source>,
     pub artifacts: Vec<Artifact>,
+    /// What each artifact needs built first (its deps, then its rootfs).
+    pub graph: Graph,
 }
 
 /// Finds the manifest for a path given on the command line: a file, or a directory holding
@@ -342,15 +345,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest> {
             at: loc(a.name.span().start),
         });
     }
-    let m = Manifest { path: path.to_path_buf(), dir, sources, artifacts };
-    if let Some(cycle) = crate::graph::find_cycle(&m) {
-        let names: Vec<&str> = cycle.iter().map(|&i| m.artifacts[i].name.as_str()).collect();
-        return Err(Error::Manifest {
-            at: m.artifacts[cycle[0]].at.to_string(),
+    let needs = artifacts
+        .iter()
+        .map(|a| {
+            let mut v = a.deps.clone();
+            v.extend(a.rootfs.filter(|r| !a.deps.contains(r)));
+            v
+        })
+        .collect();
+    let graph = Graph::new(needs).map_err(|cycle| {
+        let names: Vec<&str> = cycle.iter().map(|&i| artifacts[i].name.as_str()).collect();
+        Error::Manifest {
+            at: artifacts[cycle[0]].at.to_string(),
             msg: format!("dependency cycle: {}", names.join(" → ")),
-        });
-    }
-    Ok(m)
+        }
+    })?;
+    Ok(Manifest { path: path.to_path_buf(), dir, sources, artifacts, graph })
 }
 
 impl Manifest {
@@ -441,6 +451,12 @@ mod tests {
         assert!(e.contains(":3:8") && e.contains("/m/nope does not exist"), "{e}");
         let e = parse_err("[[source]]\nname = \"s\"\nurl = \"https://x/y\"\n");
         assert!(e.contains("needs a `digest`"), "{e}");
+    }
+
+    #[test]
+    fn self_cycle() {
+        let e = parse_err("[[artifact]]\nname = \"a\"\ndeps = [\"a\"]\n[[artifact.step]]\nscript = \"true\"\n");
+        assert!(e.contains("dependency cycle: a → a"), "{e}");
     }
 
     #[test]

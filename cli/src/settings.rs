@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::Cli;
+use crate::args::Cli;
 
 /// Everything a command needs to know about where and how to work.
 #[derive(Debug, Clone)]
@@ -39,7 +39,8 @@ impl Settings {
     pub fn store_options(&self) -> vorpalfs_store::Result<vorpalfs_store::Options> {
         let mut o = vorpalfs_store::Options::default();
         if let Some(url) = &self.s3 {
-            o.remote = Some(vorpalfs_store::RemoteConfig::parse(url, self.s3_endpoint.clone())?);
+            let cfg = vorpalfs_store::S3Config::parse(url, self.s3_endpoint.clone())?;
+            o.remote = Some(vorpalfs_store::Backend::S3(cfg));
         }
         o.cache_bytes = self.cache_size;
         Ok(o)
@@ -61,6 +62,17 @@ impl Settings {
     }
 }
 
+/// The builder's places for a store served at `mountpoint`.
+pub fn builder_config(store_dir: &Path, mountpoint: &Path) -> vorpalfs_builder::Config {
+    vorpalfs_builder::Config {
+        mountpoint: mountpoint.to_path_buf(),
+        work_dir: store_dir.join("builds"),
+        log_dir: store_dir.join("logs"),
+        // Not current_exe(): that path is gone if the binary was replaced while we run.
+        helper: PathBuf::from("/proc/self/exe"),
+    }
+}
+
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) }
 }
@@ -76,18 +88,4 @@ fn default_store_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     data.join("vorpalfs")
-}
-
-/// `512M`, `10G`, `1048576`: a byte count with an optional binary suffix (K, M, G, T).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mul) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        Some('T') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (like 512M or 20G)"))?;
-    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
 }

@@ -7,7 +7,7 @@ use vorpalfs_store::Error;
 /// be had or trusted is `EIO`: a reader gets an error, never wrong data.
 pub fn errno(e: &Error) -> Errno {
     match e {
-        Error::NoSuchPath { .. } | Error::UnknownRoot(_) => Errno::ENOENT,
+        Error::NoSuchPath { .. } | Error::UnknownName(_) => Errno::ENOENT,
         Error::WrongKind { .. } => Errno::ENOTDIR,
         Error::DiskFull { .. } => Errno::ENOSPC,
         _ => Errno::EIO,

@@ -17,7 +17,7 @@ use fuser::{
     LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyXattr, Request,
 };
-use vorpalfs_store::{ChunkRef, Digest, FileRecord, Store};
+use vorpalfs_store::{Digest, Store};
 
 use crate::errno::errno;
 use crate::inodes::{Inodes, Kind, ROOT};
@@ -26,6 +26,8 @@ use crate::inodes::{Inodes, Kind, ROOT};
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// A digest not (yet) in the store: cached briefly, and invalidated when it is published.
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// How long a lookup of a top-level name waits for S3.
+const REMOTE_LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
 /// Every file shows this mtime (like Nix's and Vorpal's stores): contents are named by digest.
 const MTIME: Duration = Duration::from_secs(1);
 /// The extended attribute holding an entry's digest.
@@ -92,57 +94,9 @@ fn file_type(kind: &Kind) -> FileType {
     }
 }
 
-/// Bytes of one read: a slice of one chunk (no copy), or several chunks' pieces joined.
-enum Bytes {
-    One(Arc<Vec<u8>>, std::ops::Range<usize>),
-    Many(Vec<u8>),
-}
-
-impl Bytes {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Bytes::One(c, r) => &c[r.clone()],
-            Bytes::Many(v) => v,
-        }
-    }
-}
-
-/// Collects `[offset, offset+len)` of a file from the chunks covering it. `get` is given the
-/// file's chunks from the one wanted on (the rest are readahead candidates) and returns that
-/// chunk's bytes, or `None` to give up (used to answer only from the memory cache).
-fn gather(
-    file: &FileRecord,
-    offset: u64,
-    len: usize,
-    mut get: impl FnMut(&[ChunkRef]) -> vorpalfs_store::Result<Option<Arc<Vec<u8>>>>,
-) -> vorpalfs_store::Result<Option<Bytes>> {
-    if offset >= file.size || len == 0 {
-        return Ok(Some(Bytes::Many(Vec::new())));
-    }
-    let want = len.min((file.size - offset) as usize);
-    let mut out: Option<Vec<u8>> = None;
-    let mut done = 0usize;
-    let mut i = file.chunk_at(offset);
-    while done < want {
-        let c = &file.chunks[i];
-        let Some(data) = get(&file.chunks[i..])? else { return Ok(None) };
-        if data.len() != c.len as usize {
-            return Err(vorpalfs_store::Error::Corrupt {
-                what: "chunk",
-                digest: c.id,
-                detail: format!("has {} bytes, the file record says {}", data.len(), c.len),
-            });
-        }
-        let start = (offset + done as u64 - c.offset) as usize;
-        let n = (data.len() - start).min(want - done);
-        if n == want {
-            return Ok(Some(Bytes::One(data, start..start + n)));
-        }
-        out.get_or_insert_with(|| Vec::with_capacity(want)).extend_from_slice(&data[start..start + n]);
-        done += n;
-        i += 1;
-    }
-    Ok(out.map(Bytes::Many))
+/// A top-level name: a digest in hex.
+fn top_level_name(name: &[u8]) -> Option<Digest> {
+    std::str::from_utf8(name).ok()?.parse().ok()
 }
 
 impl StoreFs {
@@ -164,14 +118,9 @@ impl StoreFs {
     fn child(&self, parent: &Kind, name: &[u8]) -> vorpalfs_store::Result<Option<Kind>> {
         match parent {
             Kind::Root => {
-                let Some(digest) = std::str::from_utf8(name).ok().and_then(|s| s.parse::<Digest>().ok()) else {
-                    return Ok(None);
-                };
-                let Some(tree) = self.store.top_level(&digest)? else {
-                    return Ok(None);
-                };
-                let size = self.store.tree(&tree)?.size();
-                Ok(Some(Kind::Dir { digest: tree, size }))
+                let Some(digest) = top_level_name(name) else { return Ok(None) };
+                let Some(r) = self.store.resolve_local(&digest.to_hex())? else { return Ok(None) };
+                Ok(Some(Kind::Dir { digest: r.tree, size: self.store.tree(&r.tree)?.size() }))
             }
             Kind::Dir { digest, .. } => Ok(self.store.tree(digest)?.get(name).map(|e| Kind::from_entry(&e.kind))),
             _ => Ok(None),
@@ -183,7 +132,7 @@ impl StoreFs {
         match kind {
             Kind::Root => self
                 .store
-                .top_level_entries()?
+                .top_level()?
                 .into_iter()
                 .map(|(name, tree)| {
                     Ok((name.to_hex().into_bytes(), Kind::Dir { digest: tree, size: self.store.tree(&tree)?.size() }))
@@ -198,6 +147,47 @@ impl StoreFs {
                 .collect()),
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// Hands out the inode for `(parent, name)`, counting one lookup.
+    fn remember(&self, parent: u64, name: &[u8], kind: &Kind) -> u64 {
+        let mut inodes = self.inodes.lock().unwrap();
+        let ino = inodes.remember(parent, name, kind.clone());
+        self.stats.inodes.store(inodes.len() as u64, Ordering::Relaxed);
+        ino
+    }
+
+    /// Looks a top-level name up in S3 on the I/O runtime, with a deadline, and answers there.
+    fn lookup_remote(&self, name: &[u8], reply: ReplyEntry) {
+        let (store, inodes, stats, slots) =
+            (self.store.clone(), self.inodes.clone(), self.stats.clone(), self.slots.clone());
+        let name = String::from_utf8_lossy(name).into_owned();
+        self.rt.spawn(async move {
+            let Ok(_permit) = slots.acquire_owned().await else { return reply.error(Errno::EIO) };
+            let found = tokio::time::timeout(REMOTE_LOOKUP_DEADLINE, store.clone().resolve_remote_async(name.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(vorpalfs_store::Error::Remote {
+                        url: format!("roots/{name}"),
+                        source: vorpalfs_store::RemoteError::Timeout(REMOTE_LOOKUP_DEADLINE),
+                    })
+                });
+            let kind = match found.and_then(|r| r.map(|r| Ok((r.tree, store.tree(&r.tree)?.size()))).transpose()) {
+                Ok(Some((digest, size))) => Kind::Dir { digest, size },
+                Ok(None) => return reply.entry(&NEGATIVE_TTL, &negative_attr(), Generation(0)),
+                Err(e) => {
+                    // Logged (the remote layer says once when S3 goes away); the name is simply
+                    // not there, and is asked again at the next lookup.
+                    tracing::debug!(name, "lookup in S3 failed: {e}");
+                    return reply.error(Errno::ENOENT);
+                }
+            };
+            let mut table = inodes.lock().unwrap();
+            let ino = table.remember(ROOT, name.as_bytes(), kind.clone());
+            stats.inodes.store(table.len() as u64, Ordering::Relaxed);
+            drop(table);
+            reply.entry(&TTL, &attr(ino, &kind), Generation(0));
+        });
     }
 
     fn fail(&self, ino: u64, what: &str, e: &vorpalfs_store::Error) -> Errno {
@@ -252,11 +242,13 @@ impl Filesystem for StoreFs {
         };
         match self.child(&pk, name.as_bytes()) {
             Ok(Some(kind)) => {
-                let mut inodes = self.inodes.lock().unwrap();
-                let ino = inodes.remember(u64::from(parent), name.as_bytes(), kind.clone());
-                self.stats.inodes.store(inodes.len() as u64, Ordering::Relaxed);
-                drop(inodes);
+                let ino = self.remember(u64::from(parent), name.as_bytes(), &kind);
                 reply.entry(&TTL, &attr(ino, &kind), Generation(0));
+            }
+            // Not here: a top-level name may be in S3. Asked on the I/O runtime, never on this
+            // thread: a slow or silent S3 must not hold up the mount for everyone.
+            Ok(None) if pk == Kind::Root && self.store.has_remote() && top_level_name(name.as_bytes()).is_some() => {
+                self.lookup_remote(name.as_bytes(), reply)
             }
             // A negative entry: only the top level can change (when a root is published).
             Ok(None) => {
@@ -313,10 +305,9 @@ impl Filesystem for StoreFs {
             Ok(r) => r,
             Err(e) => return reply.error(self.fail(u64::from(ino), "read", &e)),
         };
-        let cached = gather(&rec, offset, size as usize, |cs| Ok(self.store.chunk_cached(&cs[0].id)));
-        if let Ok(Some(bytes)) = cached {
-            self.stats.read_bytes.fetch_add(bytes.as_slice().len() as u64, Ordering::Relaxed);
-            return reply.data(bytes.as_slice());
+        if let Some(bytes) = self.store.read_cached(&rec, offset, size as usize) {
+            self.stats.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            return reply.data(&bytes);
         }
         self.stats.reads_deferred.fetch_add(1, Ordering::Relaxed);
         let (store, slots, stats, inodes) =
@@ -324,23 +315,17 @@ impl Filesystem for StoreFs {
         let ino = u64::from(ino);
         self.rt.spawn(async move {
             let Ok(_permit) = slots.acquire_owned().await else { return reply.error(Errno::EIO) };
-            let res = tokio::task::spawn_blocking(move || {
-                gather(&rec, offset, size as usize, |cs| store.chunk_ahead(&cs[0].id, &cs[1..]).map(Some))
-                    .map(|b| b.expect("fetching never gives up"))
-            })
-            .await;
-            match res {
-                Ok(Ok(bytes)) => {
-                    stats.read_bytes.fetch_add(bytes.as_slice().len() as u64, Ordering::Relaxed);
-                    reply.data(bytes.as_slice())
+            match store.read_async(rec, offset, size as usize).await {
+                Ok(bytes) => {
+                    stats.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    reply.data(&bytes)
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     stats.read_errors.fetch_add(1, Ordering::Relaxed);
                     let (artifact, path) = inodes.lock().unwrap().describe(ino);
                     tracing::error!(artifact = %artifact, path = %path, "read failed: {e}");
                     reply.error(errno(&e))
                 }
-                Err(_) => reply.error(Errno::EIO),
             }
         });
     }
@@ -417,7 +402,7 @@ impl Filesystem for StoreFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let bytes: u64 = self.store.packs().map(|p| p.iter().map(|(_, i)| i.size).sum()).unwrap_or(0);
+        let bytes = self.store.pack_bytes().unwrap_or(0);
         reply.statfs(bytes.div_ceil(4096), 0, 0, 0, 0, 4096, 255, 4096);
     }
 

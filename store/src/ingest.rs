@@ -28,14 +28,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::chunker::Chunker;
-use crate::digest::{Digest, Kind};
 use crate::error::{Error, IoContext, Result};
-use crate::index::{Batch, Cf};
-use crate::pack::{PACK_TARGET_SIZE, PackWriter, encode_chunk};
-use crate::records::{ChunkRef, FileRecord, Locator, PackInfo};
-use crate::store::Store;
-use crate::tree::{Entry, EntryKind, Tree};
+use crate::local::index::Batch;
+use crate::local::pack::{PACK_TARGET_SIZE, PackInfo, PackWriter, encode_chunk};
+use crate::model::chunker::Chunker;
+use crate::model::digest::{Digest, Kind};
+use crate::model::records::{ChunkRef, FileRecord, Locator};
+use crate::model::tree::{Entry, EntryKind, Tree};
+use crate::store::{Pin, Store};
 
 /// Files at least this large are read first.
 const BIG_FILE: u64 = 8 << 20;
@@ -240,7 +240,7 @@ impl Worker<'_, '_> {
             chunks.push(ChunkRef { offset, len, id });
             offset += u64::from(len);
             let is_new = run.queued.lock().unwrap().insert(id);
-            if !is_new || run.store.index.contains(Cf::Chunks, id.as_bytes()).map_err(std::io::Error::other)? {
+            if !is_new || run.store.index.has_chunk(&id).map_err(std::io::Error::other)? {
                 return Ok(());
             }
             // Only at the end, when a worker has no file left, is a chunk copied and handed over.
@@ -301,36 +301,31 @@ impl Store {
     /// Ingests the directory `src` and records its root tree under `name` (by default its own
     /// digest in hex), in the same atomic commit as the data. Returns what was stored.
     pub fn ingest(&self, src: &Path, name: Option<&str>) -> Result<IngestReport> {
-        self.ingest_then(src, |root, batch| {
+        self.ingest_then(src, None, |store, root, batch| {
             let hex = root.to_hex();
-            batch.put(Cf::Roots, name.unwrap_or(&hex).as_bytes(), root.as_bytes());
+            store.put_root(batch, name.unwrap_or(&hex), root)
         })
-    }
-
-    /// Ingests `src`; `finish` adds its own records (a root, a build result) to the final batch,
-    /// so they commit atomically with the data they name.
-    pub fn ingest_then(&self, src: &Path, finish: impl FnOnce(&Digest, &mut Batch)) -> Result<IngestReport> {
-        self.ingest_filtered(src, None, finish)
     }
 
     /// Ingests `src` (keeping only the entries `keep` accepts) without naming it, and pins the
     /// tree against garbage collection for as long as the returned guard lives (a build's
     /// sources: used by the build, named by no root).
-    pub fn ingest_pinned(&self, src: &Path, keep: Option<Filter<'_>>) -> Result<(IngestReport, crate::store::Pin)> {
+    pub fn ingest_pinned(&self, src: &Path, keep: Option<Filter<'_>>) -> Result<(IngestReport, Pin)> {
         let writer = self.gc_lock.read().unwrap();
-        let r = self.ingest_locked(src, keep, |_, _| {})?;
+        let r = self.ingest_locked(src, keep, |_, _, _| Ok(()))?;
         let pin = self.pin_held(r.root);
         drop(writer);
         Ok((r, pin))
     }
 
-    /// [`Store::ingest_then`] keeping only the entries `keep` accepts (directories it leaves
-    /// empty are dropped too).
-    pub fn ingest_filtered(
+    /// Ingests `src` (filtered by `keep`: directories it leaves empty are dropped too);
+    /// `finish` adds its own records (a root, a build result) to the final batch, so they
+    /// commit atomically with the data they name.
+    pub(crate) fn ingest_then(
         &self,
         src: &Path,
         keep: Option<Filter<'_>>,
-        finish: impl FnOnce(&Digest, &mut Batch),
+        finish: impl FnOnce(&Store, &Digest, &mut Batch) -> Result<()>,
     ) -> Result<IngestReport> {
         // Held from the first "is this chunk already stored?" to the commit: gc waits, so
         // nothing the ingest reuses is removed before the root referencing it exists.
@@ -338,18 +333,15 @@ impl Store {
         self.ingest_locked(src, keep, finish)
     }
 
-    fn ingest_locked(
+    pub(crate) fn ingest_locked(
         &self,
         src: &Path,
         keep: Option<Filter<'_>>,
-        finish: impl FnOnce(&Digest, &mut Batch),
+        finish: impl FnOnce(&Store, &Digest, &mut Batch) -> Result<()>,
     ) -> Result<IngestReport> {
         let meta = fs::symlink_metadata(src).at(src)?;
         if !meta.is_dir() {
-            return Err(Error::Io {
-                path: src.into(),
-                source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
-            });
+            return Err(Error::NotADirectory { path: src.into() });
         }
         let t0 = std::time::Instant::now();
         let mut report = IngestReport::default();
@@ -397,10 +389,10 @@ impl Store {
         let mut batch = Batch::default();
         for st in &stored {
             for (id, loc) in &st.chunks {
-                batch.put(Cf::Chunks, id.as_bytes(), &loc.encode());
+                batch.put_locator(id, loc);
             }
             for (id, info) in &st.packs {
-                batch.put(Cf::Packs, &id.to_be_bytes(), &info.encode());
+                batch.put_pack(*id, info);
             }
             report.new_chunks += st.chunks.len() as u64;
             report.new_bytes += st.new_bytes;
@@ -411,8 +403,8 @@ impl Store {
         let mut seen_files = HashSet::new();
         for out in &outputs {
             report.bytes += out.record.size;
-            if seen_files.insert(out.digest) && !self.index.contains(Cf::Files, out.digest.as_bytes())? {
-                batch.put(Cf::Files, out.digest.as_bytes(), &out.record.encode());
+            if seen_files.insert(out.digest) && !self.index.has_file(&out.digest)? {
+                batch.put_file(&out.digest, &out.record.encode());
             }
         }
         let (root, _) = match self.build_trees(root_node, &outputs, &mut batch) {
@@ -422,7 +414,10 @@ impl Store {
                 return Err(e);
             }
         };
-        finish(&root, &mut batch);
+        if let Err(e) = finish(self, &root, &mut batch) {
+            self.discard_packs(&written);
+            return Err(e);
+        }
         tracing::debug!(ops = batch.len(), elapsed = ?t0.elapsed(), "committing");
         if let Err(e) = self.commit(batch) {
             self.discard_packs(&written);
@@ -435,7 +430,7 @@ impl Store {
 
     fn discard_packs(&self, written: &[u64]) {
         for id in written {
-            let _ = fs::remove_file(crate::pack::pack_path(&self.packs_dir, *id));
+            let _ = fs::remove_file(crate::local::pack::pack_path(&self.packs_dir, *id));
         }
     }
 
@@ -460,7 +455,7 @@ impl Store {
         let tree = Tree::new(entries)?;
         let digest = tree.digest();
         if !self.has_tree(&digest)? {
-            batch.put(Cf::Trees, digest.as_bytes(), &tree.encode());
+            batch.put_tree(&digest, &tree.encode());
         }
         Ok((digest, tree.size()))
     }

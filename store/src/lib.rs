@@ -1,15 +1,19 @@
 //! The vorpalfs content-addressed store.
 //!
 //! ```text
-//!  Store (store.rs) ── roots, lookup, read_at, caches; ingest.rs, ops.rs (export/verify/stats)
-//!    │
-//!    ├── sync.rs, remote.rs    S3: push, lazy fetch, pull, eviction, gc (remote.rs: the SDK)
-//!    ├── results.rs            build results (input digest → output tree), recipes, aliases
-//!    ├── Index (index.rs)      RocksDB, metadata only: trees, file chunk lists, locators, packs, roots
-//!    ├── packs (pack.rs)       append-only files of zstd chunks, verified on every read
-//!    └── ChunkCache (cache.rs) decoded chunks in memory, LRU by bytes
-//!  model: Digest (digest.rs), Tree (tree.rs), FileRecord/Locator (records.rs), chunker.rs
+//!  ┌ Store (store.rs) ─ open, lock, roots, pins, resolve(name): the one name resolver
+//!  │   read.rs     file ranges from chunks: memory cache → local packs → S3; single-flight
+//!  │   ingest.rs   directories in, in parallel, bounded memory, one atomic commit
+//!  │   results.rs  build results, recipes, aliases, fetched sources, the mount's top level
+//!  │   ops/        export, verify, stats, gc
+//!  ├ remote/      ObjectStore trait (s3.rs, memory.rs) behind Remote (retries, deadlines,
+//!  │              counters, fail-fast); format.rs; push, fetch (lazy), pull, evict, claims
+//!  ├ local/       index.rs (RocksDB, typed tables), pack.rs (pack files), cache.rs (LRUs)
+//!  └ model/       digest, chunker, tree, records: pure codecs, no I/O
 //! ```
+//! Dependencies point down: `model` imports nothing of the store; `local` only `model`;
+//! `remote` and the store's operations use both. `rocksdb` is imported in `local/index.rs`
+//! only, the AWS SDK in `remote/s3.rs` only.
 //!
 //! Every object is named by a domain-separated BLAKE3 digest of its plaintext. Files are cut into
 //! chunks by content (FastCDC), chunks are stored once across all trees, and a directory is a
@@ -17,27 +21,31 @@
 //! index commit; reads touch only the chunks that cover the requested range and verify each one
 //! before its bytes are returned. One process owns a store at a time (an flock on `<dir>/lock`).
 
-pub mod cache;
-pub mod chunker;
-pub mod digest;
-pub mod error;
-pub mod index;
-pub mod ingest;
-pub mod ops;
-pub mod pack;
-pub mod records;
+mod error;
+mod ingest;
+mod local;
+pub mod model;
+mod ops;
+mod read;
 pub mod remote;
-pub mod results;
-pub mod store;
-pub mod sync;
-pub mod tree;
+mod results;
+mod store;
+#[doc(hidden)]
+pub mod testing;
 
-pub use digest::{Digest, Hasher, Kind};
-pub use error::{Error, Result};
+pub use bytes::Bytes;
+pub use error::{Error, RemoteError, Result};
 pub use ingest::{Filter, IngestReport};
-pub use ops::{Problem, Stats, VerifyReport};
-pub use records::{ChunkRef, FileRecord};
-pub use remote::RemoteConfig;
-pub use store::{CacheStats, Options, Pin, Root, Store};
-pub use sync::{GcReport, PullReport, PushReport};
-pub use tree::{Entry, EntryKind, Tree};
+pub use model::chunker::Chunker;
+pub use model::digest::{Digest, Hasher, Kind};
+pub use model::records::{ChunkRef, Codec, FileRecord};
+pub use model::tree::{Entry, EntryKind, Tree};
+pub use ops::gc::GcReport;
+pub use ops::stats::Stats;
+pub use ops::verify::{Problem, VerifyReport};
+pub use read::{CacheStats, FileReader};
+pub use remote::claims::Claim;
+pub use remote::pull::PullReport;
+pub use remote::push::PushReport;
+pub use remote::{Backend, Faults, MemoryStore, ObjectStore, Policy, Remote, S3Config, Traffic};
+pub use store::{Options, Pin, Resolved, Root, Store};

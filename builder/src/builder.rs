@@ -1,0 +1,318 @@
+//! The builder: one per store, shared by every build the daemon runs. A build loads the
+//! manifest, plans (sources, recipes, input digests), walks the cache, and hands what must run
+//! to the scheduler; running one artifact first makes sure it is built once, by this daemon and
+//! (with S3) by the hosts sharing the bucket.
+//!
+//! Threads: the caller's thread schedules; each running artifact has one thread that claims,
+//! prepares its workspace, runs the sandbox helper (see `process.rs` for its own threads) and
+//! publishes.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use vorpalfs_store::{Digest, Store};
+
+use crate::error::{Error, IoContext, Result};
+use crate::execute::{Config, Executor};
+use crate::manifest::{self, Manifest};
+use crate::plan::Plan;
+use crate::recipe::Recipe;
+use crate::report::{Action, Event, Outcome, Planned, Report, Status};
+use crate::schedule::{self, NotRun, Ran, Runner};
+
+/// What one `build` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Artifact names or aliases; empty means every artifact of the manifest.
+    pub targets: Vec<String>,
+    /// Artifacts run at once (at least 1).
+    pub jobs: usize,
+    pub keep_going: bool,
+    /// Build the requested artifacts even if a result exists (their deps may still be cached).
+    pub rebuild: bool,
+    pub dry_run: bool,
+    /// Keep the workspace of a failed artifact.
+    pub keep_failed: bool,
+}
+
+/// One builder per store, shared by every build the daemon runs.
+pub struct Builder {
+    store: Arc<Store>,
+    cfg: Config,
+    /// Input digests being built right now, so that two builds wanting one result build it once.
+    flights: Mutex<HashSet<Digest>>,
+    landed: Condvar,
+    published: Box<dyn Fn(&Digest) + Send + Sync>,
+}
+
+impl Builder {
+    /// `published` is called with each input digest as its result is committed (the mount uses
+    /// it to drop a cached "no such entry").
+    pub fn new(store: Arc<Store>, cfg: Config, published: Box<dyn Fn(&Digest) + Send + Sync>) -> Result<Builder> {
+        // Workspaces left by a builder that died with the store (we own it now) are garbage.
+        if cfg.work_dir.exists() {
+            for ent in fs::read_dir(&cfg.work_dir).at(&cfg.work_dir)?.flatten() {
+                let _ = fs::remove_dir_all(ent.path());
+            }
+        }
+        fs::create_dir_all(&cfg.work_dir).at(&cfg.work_dir)?;
+        fs::create_dir_all(&cfg.log_dir).at(&cfg.log_dir)?;
+        Ok(Builder { store, cfg, flights: Mutex::new(HashSet::new()), landed: Condvar::new(), published })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The store path of an input digest on this host.
+    pub fn path_of(&self, digest: &Digest) -> PathBuf {
+        self.cfg.mountpoint.join(digest.to_hex())
+    }
+
+    /// The recipes of every artifact of a manifest (sources are hashed into the store).
+    pub fn recipes(&self, m: &Manifest) -> Result<Vec<Recipe>> {
+        let plan = Plan::new(&self.store, &self.cfg.work_dir, m, &vec![true; m.artifacts.len()])?;
+        Ok(plan.into_recipes().into_iter().flatten().collect())
+    }
+
+    /// The output of `input` if it was built, here or (with S3) by another host. An unreachable
+    /// S3 means "not there" (and is logged): the build goes on locally.
+    fn find_result(&self, input: &Digest) -> Result<Option<Digest>> {
+        if let Some(t) = self.store.result(input)? {
+            return Ok(Some(t));
+        }
+        if self.store.has_remote() {
+            match self.store.resolve_remote(&input.to_hex()) {
+                Ok(r) => return Ok(r.map(|r| r.tree)),
+                Err(e) => tracing::warn!(%input, "cannot look the result up in S3: {e}"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Builds what `opts` asks for from the manifest at `path`, reporting progress to `events`.
+    /// Stops starting work, kills running steps and publishes nothing more once `cancel` is set.
+    pub fn build(
+        &self,
+        path: &Path,
+        opts: &Options,
+        events: &(dyn Fn(Event) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<Report> {
+        let t0 = Instant::now();
+        let m = manifest::load(&manifest::locate(path)?)?;
+        let n = m.artifacts.len();
+        let mut requested = vec![opts.targets.is_empty(); n];
+        for t in &opts.targets {
+            requested[m.find(t).ok_or_else(|| Error::UnknownArtifact(t.clone()))?] = true;
+        }
+        let plan = Plan::new(&self.store, &self.cfg.work_dir, &m, &m.graph.closure(&requested))?;
+        let actions = plan.actions(&requested, opts.rebuild, |d| Ok(self.find_result(d)?.is_some()))?;
+        let in_plan: Vec<usize> = m.graph.order().iter().copied().filter(|&i| actions[i].is_some()).collect();
+        events(Event::Plan {
+            artifacts: in_plan
+                .iter()
+                .map(|&i| Planned {
+                    name: m.artifacts[i].name.clone(),
+                    digest: plan.digest(i),
+                    action: actions[i].expect("in the plan"),
+                })
+                .collect(),
+        });
+        let outcome = |i: usize, status: Status| Outcome {
+            name: m.artifacts[i].name.clone(),
+            digest: plan.digest(i),
+            path: self.path_of(&plan.digest(i)),
+            output: None,
+            requested: requested[i],
+            status,
+            started: None,
+            finished: None,
+            error: None,
+        };
+        let cached = |i: usize| actions[i] == Some(Action::Cached);
+        if opts.dry_run {
+            let artifacts =
+                in_plan.iter().map(|&i| outcome(i, if cached(i) { Status::Cached } else { Status::Planned })).collect();
+            return Ok(Report { artifacts, seconds: t0.elapsed().as_secs_f64() });
+        }
+
+        // Names for cached results, so that `vorpalfs run <name>` finds this build's.
+        let mut outcomes: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
+        let mut names = Vec::new();
+        for &i in in_plan.iter().filter(|&&i| cached(i)) {
+            let a = &m.artifacts[i];
+            names.push((plan.digest(i), a.name.clone()));
+            names.extend(a.aliases.iter().map(|al| (plan.digest(i), al.clone())));
+            let mut o = outcome(i, Status::Cached);
+            o.output = self.store.result(&plan.digest(i))?;
+            outcomes[i] = Some(o);
+        }
+        self.store.set_aliases(&names)?;
+
+        let to_run: Vec<bool> = (0..n).map(|i| matches!(actions[i], Some(Action::Build | Action::Rebuild))).collect();
+        let runner = ArtifactRunner { builder: self, plan: &plan, actions: &actions, opts, events, cancel };
+        let mut on_end = |i: usize, r: &Result<Digest>| {
+            if let Err(e) = r
+                && !schedule::is_cancel(e)
+            {
+                events(Event::Failed {
+                    name: m.artifacts[i].name.clone(),
+                    digest: plan.digest(i),
+                    error: e.to_string(),
+                });
+            }
+        };
+        let ends = schedule::run(&m.graph, &to_run, opts.jobs, opts.keep_going, cancel, &runner, &mut on_end);
+        for (i, end) in ends.into_iter().enumerate() {
+            let Some(end) = end else { continue };
+            outcomes[i] = Some(match end {
+                Ran::Ran { started, finished, result } => {
+                    let mut o = outcome(i, Status::Built);
+                    (o.started, o.finished) = (Some(started), Some(finished));
+                    match result {
+                        Ok(tree) => o.output = Some(tree),
+                        Err(e) => (o.status, o.error) = (Status::Failed, Some(e.to_string())),
+                    }
+                    o
+                }
+                Ran::NotRun(why) => {
+                    let reason = match why {
+                        NotRun::Dep(d) => format!("dependency `{}` failed", m.artifacts[d].name),
+                        NotRun::Cancelled => "the build was cancelled".into(),
+                        NotRun::Stopped => "the build stopped after a failure (use --keep-going to go on)".into(),
+                    };
+                    let name = m.artifacts[i].name.clone();
+                    events(Event::Skipped { name, digest: plan.digest(i), reason: reason.clone() });
+                    let mut o = outcome(i, Status::Skipped);
+                    o.error = Some(reason);
+                    o
+                }
+            });
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        let artifacts = in_plan.iter().filter_map(|&i| outcomes[i].take()).collect();
+        Ok(Report { artifacts, seconds: t0.elapsed().as_secs_f64() })
+    }
+
+    /// With S3, claims the digest for this host (a conditional put), or waits while another
+    /// host builds it and takes its result. A claim older than the artifact's timeout plus ten
+    /// minutes (an hour without a timeout) is taken as abandoned.
+    fn claim(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        digest: &Digest,
+        events: &(dyn Fn(Event) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<Claim> {
+        if !self.store.has_remote() {
+            return Ok(Claim::Ours);
+        }
+        let key = digest.to_hex();
+        let owner = format!(
+            "{}:{}",
+            nix::unistd::gethostname().map_or("?".into(), |h| h.to_string_lossy().into_owned()),
+            std::process::id()
+        );
+        let stale = timeout.map_or(3600, |t| t.as_secs() + 600);
+        let mut said = false;
+        loop {
+            match self.store.claim(&key, &owner, false) {
+                Ok(true) => return Ok(Claim::Ours),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%digest, "cannot claim the build in S3 (building anyway): {e}");
+                    return Ok(Claim::Ours);
+                }
+            }
+            loop {
+                if cancel.load(Ordering::SeqCst) {
+                    return Err(Error::Cancelled);
+                }
+                if let Some(tree) = self.find_result(digest)? {
+                    return Ok(Claim::Theirs(tree));
+                }
+                match self.store.claim_info(&key)? {
+                    None => break,
+                    Some(c) if c.age_seconds > stale => {
+                        if self.store.claim(&key, &owner, true)? {
+                            return Ok(Claim::Ours);
+                        }
+                    }
+                    Some(c) if !said => {
+                        said = true;
+                        events(Event::Log {
+                            name: name.into(),
+                            line: format!("(waiting: {} is building it)", c.owner),
+                        });
+                    }
+                    Some(_) => {}
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+enum Claim {
+    Ours,
+    Theirs(Digest),
+}
+
+/// Runs one artifact of a build for the scheduler.
+struct ArtifactRunner<'a> {
+    builder: &'a Builder,
+    plan: &'a Plan<'a>,
+    actions: &'a [Option<Action>],
+    opts: &'a Options,
+    events: &'a (dyn Fn(Event) + Sync),
+    cancel: &'a AtomicBool,
+}
+
+impl Runner for ArtifactRunner<'_> {
+    /// Builds one artifact, or waits for another build of the same digest and uses its result.
+    fn run(&self, i: usize) -> Result<Digest> {
+        let b = self.builder;
+        let job = self.plan.job(i);
+        let force = self.actions[i] == Some(Action::Rebuild);
+        {
+            let mut flights = b.flights.lock().unwrap();
+            while flights.contains(&job.digest) {
+                flights = b.landed.wait_timeout(flights, Duration::from_millis(200)).unwrap().0;
+                if self.cancel.load(Ordering::SeqCst) {
+                    return Err(Error::Cancelled);
+                }
+            }
+            // Another build may have just published it.
+            if !force && let Some(tree) = b.store.result(&job.digest)? {
+                return Ok(tree);
+            }
+            flights.insert(job.digest);
+        }
+        let a = job.artifact;
+        let r = match b.claim(&a.name, a.timeout, &job.digest, self.events, self.cancel) {
+            Ok(Claim::Theirs(tree)) => Ok(tree),
+            Ok(Claim::Ours) => {
+                let ex = Executor { store: &b.store, cfg: &b.cfg, published: b.published.as_ref() };
+                let r = ex.execute(&job, self.opts.keep_failed, self.events, self.cancel);
+                if b.store.has_remote()
+                    && let Err(e) = b.store.release(&job.digest.to_hex())
+                {
+                    tracing::warn!(digest = %job.digest, "cannot release the build claim in S3: {e}");
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        b.flights.lock().unwrap().remove(&job.digest);
+        b.landed.notify_all();
+        r
+    }
+}

@@ -1,0 +1,174 @@
+//! The command line: clap definitions, parsed once. The commands a daemon runs for a client
+//! are sent to it as these same values (serde), never re-parsed from argv.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+/// A content-addressed artifact store for build outputs.
+#[derive(Parser, Debug)]
+#[command(name = "vorpalfs", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The store directory [default: /var/lib/vorpalfs as root, else $XDG_DATA_HOME/vorpalfs]
+    #[arg(long, global = true, env = "VORPALFS_STORE_DIR", value_name = "DIR")]
+    pub store_dir: Option<PathBuf>,
+
+    /// Where the store is mounted.
+    #[arg(long, global = true, env = "VORPALFS_MOUNTPOINT", value_name = "DIR", default_value = "/vorpal/store")]
+    pub mountpoint: PathBuf,
+
+    /// S3 location shared with other hosts: s3://bucket/prefix (credentials: the AWS chain).
+    #[arg(long, global = true, env = "VORPALFS_S3", value_name = "URL")]
+    pub s3: Option<String>,
+
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000 [default: AWS_ENDPOINT_URL, else AWS].
+    #[arg(long, global = true, env = "VORPALFS_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Disk budget for data fetched from S3, e.g. 20G (least recently read is evicted first).
+    #[arg(long, global = true, env = "VORPALFS_CACHE_SIZE", value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+
+    /// Print data as JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Work with the content-addressed store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Mount the store read-only (default /vorpal/store) and serve it from a daemon.
+    Mount(MountArgs),
+    /// Unmount and stop the daemon (or clear a stale mount left by one that died).
+    Umount {
+        /// Mountpoint [default: --mountpoint]
+        dir: Option<PathBuf>,
+    },
+    /// Whether the store is mounted, and the daemon's counters.
+    Status,
+    /// Upload roots, build results or artifacts (by name) and whatever of their data S3 lacks.
+    Push {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Fetch whole artifacts from S3 into the local cache (instead of on first read).
+    Pull {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove data no root reaches; prints what was freed.
+    Gc,
+    /// Build the artifacts of a manifest (vorpalfs.toml); prints their store paths.
+    Build(BuildArgs),
+    /// Print the canonical recipe of an artifact (what its input digest hashes).
+    Inspect(InspectArgs),
+    /// Run an artifact's `bin/<name>` from the store.
+    Run(RunArgs),
+}
+
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+pub enum StoreCommand {
+    /// Ingest a directory; prints its root digest.
+    Add {
+        dir: PathBuf,
+        /// Also record the root under this name (a GC root).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the named roots.
+    Ls,
+    /// Write a stored file to stdout: `<digest|name>/<path>`.
+    Cat { path: String },
+    /// Materialize a stored tree into a new or empty directory.
+    Export { root: String, dir: PathBuf },
+    /// Re-hash everything reachable from the roots; exits non-zero on any damage.
+    Verify,
+    /// Object counts, logical vs stored bytes, dedup ratio.
+    Stats,
+    /// Remove a root name (its data stays until garbage collection).
+    Rm { name: String },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// Mountpoint [default: --mountpoint]
+    pub dir: Option<PathBuf>,
+    /// Serve from this process instead of a background daemon (for systemd and debugging).
+    #[arg(long)]
+    pub foreground: bool,
+    /// FUSE worker threads [default: 2 per core, 4 to 16].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct BuildArgs {
+    /// A manifest file, or a directory holding vorpalfs.toml.
+    #[arg(default_value = ".")]
+    pub manifest: PathBuf,
+    /// Artifacts to build (names or aliases) [default: all].
+    pub artifacts: Vec<String>,
+    /// Artifacts built at once [default: number of CPUs].
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Go on with independent artifacts after one fails.
+    #[arg(short, long)]
+    pub keep_going: bool,
+    /// Build the requested artifacts even if their result exists.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Print what would be built and what is cached, and stop.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Keep the workspace of a failed artifact (its path is printed).
+    #[arg(long)]
+    pub keep_failed: bool,
+}
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct InspectArgs {
+    /// An artifact name or alias, or an input digest.
+    pub artifact: String,
+    /// Compute the recipe from this manifest (file or directory) instead of the store's record.
+    #[arg(short = 'f', long)]
+    pub manifest: Option<PathBuf>,
+    /// Print the exact bytes that are hashed (compact), not the readable form.
+    #[arg(long)]
+    pub canonical: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Artifact name or alias (the newest build of it).
+    pub artifact: String,
+    /// The program in its `bin/` [default: the artifact's name].
+    #[arg(long)]
+    pub bin: Option<String>,
+    /// Arguments for the program.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// `512M`, `10G`, `1048576`: a byte count with an optional binary suffix (K, M, G, T).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (like 512M or 20G)"))?;
+    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
+}

@@ -1,0 +1,64 @@
+//! `vorpalfs inspect`: the recipe of a built artifact (from the store's record), or of one in
+//! a manifest (computed).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use vorpalfs_builder::Builder;
+use vorpalfs_store::Digest;
+
+use crate::args::InspectArgs;
+use crate::daemon::protocol::ArtifactInfo;
+use crate::settings::Settings;
+
+/// The newest build of an artifact name or alias (or an input digest).
+pub fn artifact(builder: &Builder, what: &str) -> Result<ArtifactInfo> {
+    let store = builder.store();
+    let digest = match what.parse::<Digest>() {
+        Ok(d) => d,
+        Err(_) => store.alias(what)?.with_context(|| {
+            format!("no build of `{what}` in the store (use --manifest to inspect one not built yet)")
+        })?,
+    };
+    let recipe = store.recipe_or_err(&digest)?;
+    let name = serde_json::from_slice::<serde_json::Value>(&recipe)
+        .ok()
+        .and_then(|v| v["name"].as_str().map(String::from))
+        .unwrap_or_else(|| what.to_string());
+    Ok(ArtifactInfo { name, digest, path: builder.path_of(&digest), output: store.result(&digest)? })
+}
+
+pub fn run(builder: &Builder, settings: &Settings, args: InspectArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let store = builder.store();
+    let (digest, recipe) = if let Some(path) = &args.manifest {
+        let path = vorpalfs_builder::manifest::locate(&settings.abs(path))?;
+        let m = vorpalfs_builder::manifest::load(&path)?;
+        let i =
+            m.find(&args.artifact).with_context(|| format!("no artifact `{}` in {}", args.artifact, path.display()))?;
+        let r = builder.recipes(&m)?.swap_remove(i);
+        (r.digest(), r.canonical())
+    } else {
+        let info = artifact(builder, &args.artifact)?;
+        (info.digest, store.recipe_or_err(&info.digest)?)
+    };
+    let value: serde_json::Value = serde_json::from_slice(&recipe).context("the stored recipe is not JSON")?;
+    let output = store.result(&digest)?;
+    if settings.json {
+        let v = json!({
+            "digest": digest,
+            "path": builder.path_of(&digest),
+            "output": output,
+            "recipe": value,
+        });
+        writeln!(out, "{v}")?;
+    } else if args.canonical {
+        out.write_all(&recipe)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "# {} {}", digest, if output.is_some() { "(built)" } else { "(not built)" })?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,53 @@
+//! `vorpalfs status`: whether the store is mounted, and the daemon's counters.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::daemon::client;
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings) -> Result<ExitCode> {
+    let Some(conn) = client::connect(settings) else {
+        let stale = vorpalfs_fs::is_mountpoint(&settings.mountpoint);
+        if settings.json {
+            println!("{}", json!({"mounted": false, "store": settings.store_dir, "stale_mount": stale}));
+        } else {
+            println!("not mounted (store {})", settings.store_dir.display());
+            if stale {
+                println!("a stale mount remains at {}: run `vorpalfs umount`", settings.mountpoint.display());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let st = client::status(conn, settings)?;
+    if settings.json {
+        println!("{}", serde_json::to_string(&st)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (c, f) = (&st.chunk_cache, &st.fs);
+    println!("mounted at {} by pid {} (up {}s)", st.mountpoint.display(), st.pid, st.uptime_seconds);
+    println!("store        {}", st.store.display());
+    println!("chunk cache  {} of {} bytes, {} hits, {} misses", c.bytes, c.budget, c.hits, c.misses);
+    println!(
+        "reads        {} ({} bytes, {} waited for a fetch, {} failed)",
+        f.reads, f.read_bytes, f.reads_deferred, f.read_errors
+    );
+    println!("lookups      {} ({} inodes held)", f.lookups, f.inodes);
+    if let Some(s3) = &st.s3 {
+        let t = &s3.traffic;
+        println!(
+            "s3           {}: {} GETs ({} bytes), {} PUTs ({} bytes), {} errors; cache {} bytes (budget {})",
+            s3.url,
+            t.gets,
+            t.get_bytes,
+            t.puts,
+            t.put_bytes,
+            t.errors,
+            s3.cache_bytes,
+            s3.cache_budget.map_or("none".to_string(), |b| b.to_string())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

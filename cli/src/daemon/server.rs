@@ -1,0 +1,261 @@
+//! The daemon process: owns the store, serves the mount, and runs other commands on clients'
+//! behalf over a Unix socket in the store directory.
+//!
+//! Threads: the fuser session's worker threads; one tokio runtime (two workers) shared by the
+//! mount's deferred reads and lookups and by the store's S3 requests, whose main task waits for
+//! signals; one thread accepting socket connections and one per connection; with a cache
+//! budget, one eviction thread.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use vorpalfs_builder::Event;
+use vorpalfs_fs::{MountHandle, MountOptions};
+use vorpalfs_store::Store;
+
+use super::protocol::{self, Frame, FrameWriter, FsCounters, Reply, Request, S3Status, Status};
+use crate::commands::{self, Ctx};
+use crate::settings::Settings;
+
+struct Daemon {
+    store: Arc<Store>,
+    builder: vorpalfs_builder::Builder,
+    mounted: MountHandle,
+    settings: Settings,
+    started: Instant,
+    shutdown: tokio::sync::Notify,
+}
+
+/// Runs the daemon in this process until SIGINT, SIGTERM or `vorpalfs umount`.
+pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vorpalfs-io")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let mut opts = settings.store_options()?;
+    opts.runtime = Some(rt.handle().clone());
+    let store = Arc::new(Store::open_with(&settings.store_dir, opts)?);
+    let mut mopts = MountOptions::default();
+    if let Some(t) = threads {
+        mopts.threads = t.max(1);
+    }
+    let mounted = vorpalfs_fs::mount(store.clone(), mountpoint, rt.handle().clone(), &mopts)?;
+
+    // We hold the store lock, so a socket file left here belongs to a daemon that died.
+    let sock = settings.socket();
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).with_context(|| format!("cannot listen on {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", sock.display()))?;
+
+    let handle = mounted.handle();
+    let builder = vorpalfs_builder::Builder::new(
+        store.clone(),
+        crate::settings::builder_config(&settings.store_dir, mountpoint),
+        Box::new(move |d| handle.published(d)),
+    )?;
+    let daemon = Arc::new(Daemon {
+        store,
+        builder,
+        mounted: mounted.handle(),
+        settings,
+        started: Instant::now(),
+        shutdown: tokio::sync::Notify::new(),
+    });
+    {
+        let daemon = daemon.clone();
+        std::thread::Builder::new().name("vorpalfs-accept".into()).spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let daemon = daemon.clone();
+                let _ = std::thread::Builder::new().name("vorpalfs-client".into()).spawn(move || {
+                    if let Err(e) = daemon.serve(conn) {
+                        tracing::debug!("client connection: {e:#}");
+                    }
+                });
+            }
+        })?;
+    }
+    if daemon.settings.cache_size.is_some() && daemon.store.has_remote() {
+        // Fetches evict as they go; this catches what reads alone brought past the budget.
+        let d = daemon.clone();
+        std::thread::Builder::new().name("vorpalfs-evict".into()).spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                if let Err(e) = d.store.evict() {
+                    tracing::warn!("eviction failed: {e}");
+                }
+            }
+        })?;
+    }
+    // Readiness line for whoever started us (and for logs).
+    tracing::info!(pid = std::process::id(), mountpoint = %mountpoint.display(), store = %daemon.settings.store_dir.display(), "serving");
+
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
+            _ = int.recv() => tracing::info!("SIGINT: unmounting"),
+            _ = daemon.shutdown.notified() => tracing::info!("unmount requested"),
+        }
+    });
+    let _ = std::fs::remove_file(&sock);
+    mounted.unmount().context("unmount failed")?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+impl Daemon {
+    fn serve(&self, conn: UnixStream) -> Result<()> {
+        let Some(Frame::Request(env)) = protocol::read_frame(&mut &conn)? else {
+            bail!("the client sent no request");
+        };
+        let mut settings = self.settings.clone();
+        settings.json = env.json;
+        settings.cwd = env.cwd;
+        let mut out = FrameWriter { out: &conn, stderr: false };
+        let mut err = FrameWriter { out: &conn, stderr: true };
+        let code: i32 = match env.request {
+            Request::Status => {
+                protocol::write_frame(&mut &conn, &Frame::Reply(Reply::Status(self.status())))?;
+                0
+            }
+            Request::Shutdown => {
+                self.shutdown.notify_one();
+                0
+            }
+            Request::Artifact(name) => match commands::inspect::artifact(&self.builder, &name) {
+                Ok(info) => {
+                    protocol::write_frame(&mut &conn, &Frame::Reply(Reply::Artifact(info)))?;
+                    0
+                }
+                Err(e) => finish(Err(e), Ok(()), &mut err),
+            },
+            Request::Build(args) => {
+                let cancel = Arc::new(AtomicBool::new(false));
+                watch_hangup(&conn, cancel.clone())?;
+                let events = event_sink(&conn)?;
+                let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut out);
+                let result = commands::build::run(&self.builder, &settings, args, &mut buffered, &events, &cancel);
+                let flushed = buffered.flush();
+                finish(result, flushed, &mut err)
+            }
+            Request::Inspect(args) => {
+                let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut out);
+                let result = commands::inspect::run(&self.builder, &settings, args, &mut buffered);
+                let flushed = buffered.flush();
+                finish(result, flushed, &mut err)
+            }
+            Request::Store(cmd) => self.with_ctx(&settings, &mut out, &mut err, |ctx| commands::store::run(ctx, cmd)),
+            Request::Push(n) => self.with_ctx(&settings, &mut out, &mut err, |ctx| {
+                commands::sync::run(ctx, commands::sync::SyncCommand::Push(n))
+            }),
+            Request::Pull(n) => self.with_ctx(&settings, &mut out, &mut err, |ctx| {
+                commands::sync::run(ctx, commands::sync::SyncCommand::Pull(n))
+            }),
+            Request::Gc => self.with_ctx(&settings, &mut out, &mut err, |ctx| {
+                commands::sync::run(ctx, commands::sync::SyncCommand::Gc)
+            }),
+        };
+        protocol::write_frame(&mut &conn, &Frame::Exit(code))?;
+        Ok(())
+    }
+
+    /// Runs a store command against the daemon's store, output buffered into frames.
+    fn with_ctx(
+        &self,
+        settings: &Settings,
+        out: &mut FrameWriter<&UnixStream>,
+        err: &mut FrameWriter<&UnixStream>,
+        f: impl FnOnce(&mut Ctx<'_>) -> Result<ExitCode>,
+    ) -> i32 {
+        let root_changed = |d: &vorpalfs_store::Digest| self.mounted.published(d);
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, out);
+        let mut ctx = Ctx {
+            store: &self.store,
+            settings,
+            out: &mut buffered,
+            err: &mut *err,
+            root_changed: &root_changed,
+            local: false,
+        };
+        let result = f(&mut ctx);
+        let flushed = buffered.flush();
+        finish(result, flushed, err)
+    }
+
+    fn status(&self) -> Status {
+        let f = &self.mounted.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Status {
+            pid: std::process::id(),
+            mountpoint: self.mounted.mountpoint().to_path_buf(),
+            store: self.settings.store_dir.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            s3: self.store.remote().map(|r| S3Status {
+                url: r.url(),
+                traffic: r.traffic(),
+                cache_bytes: self.store.cache_bytes().unwrap_or(0),
+                cache_budget: self.settings.cache_size,
+            }),
+            chunk_cache: self.store.cache_stats().into(),
+            fs: FsCounters {
+                lookups: load(&f.lookups),
+                reads: load(&f.reads),
+                read_bytes: load(&f.read_bytes),
+                reads_deferred: load(&f.reads_deferred),
+                read_errors: load(&f.read_errors),
+                inodes: load(&f.inodes),
+            },
+        }
+    }
+}
+
+/// A command's exit code, reporting its error (or a failed final flush) on the client's stderr.
+fn finish(result: Result<ExitCode>, flushed: std::io::Result<()>, err: &mut dyn Write) -> i32 {
+    match result.and_then(|c| flushed.map(|_| c).map_err(Into::into)) {
+        Ok(code) => i32::from(code != ExitCode::SUCCESS),
+        Err(e) => {
+            crate::report_error(&e, err);
+            1
+        }
+    }
+}
+
+/// The build's event sink: one event frame per event.
+fn event_sink(conn: &UnixStream) -> Result<impl Fn(Event) + Sync + use<>> {
+    let conn = std::sync::Mutex::new(conn.try_clone()?);
+    Ok(move |e: Event| {
+        let _ = protocol::write_frame(&mut *conn.lock().unwrap(), &Frame::Event(e));
+    })
+}
+
+/// Watches a client connection: when the client closes its side (Ctrl-C, or gone), sets
+/// `cancel`.
+fn watch_hangup(conn: &UnixStream, cancel: Arc<AtomicBool>) -> Result<()> {
+    use std::io::Read;
+    let mut c = conn.try_clone()?;
+    std::thread::Builder::new().name("vorpalfs-hangup".into()).spawn(move || {
+        let mut b = [0u8; 64];
+        loop {
+            match c.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        cancel.store(true, Ordering::SeqCst);
+    })?;
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! What the store remembers to go faster: decoded chunks (an LRU bounded by bytes), decoded
+//! trees and file records (bounded by count), the reads in flight, and the state of the cache
+//! of data fetched from S3 (the open fetch pack, the recency of fetched packs).
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use lru::LruCache;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::local::pack::PackWriter;
+use crate::model::digest::Digest;
+
+/// Decoded, verified chunks, most recently used kept, at most `budget` bytes in all.
+pub struct ChunkCache {
+    inner: Mutex<Inner>,
+    budget: usize,
+}
+
+struct Inner {
+    lru: LruCache<Digest, Bytes>,
+    bytes: usize,
+}
+
+impl ChunkCache {
+    pub fn new(budget: usize) -> ChunkCache {
+        ChunkCache { inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0 }), budget }
+    }
+
+    pub fn get(&self, id: &Digest) -> Option<Bytes> {
+        self.inner.lock().unwrap().lru.get(id).cloned()
+    }
+
+    /// Inserts a chunk, evicting the least recently used ones beyond the budget.
+    /// A chunk larger than the whole budget is not kept.
+    pub fn insert(&self, id: Digest, data: Bytes) {
+        if data.len() > self.budget {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap();
+        inner.bytes += data.len();
+        if let Some(old) = inner.lru.put(id, data) {
+            inner.bytes -= old.len();
+        }
+        while inner.bytes > self.budget {
+            match inner.lru.pop_lru() {
+                Some((_, v)) => inner.bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().unwrap().bytes
+    }
+}
+
+/// A small count-bounded LRU for decoded metadata (trees, file records).
+pub struct MetaCache<V> {
+    inner: Mutex<LruCache<Digest, Arc<V>>>,
+}
+
+impl<V> MetaCache<V> {
+    pub fn new(entries: usize) -> MetaCache<V> {
+        MetaCache { inner: Mutex::new(LruCache::new(NonZeroUsize::new(entries.max(1)).unwrap())) }
+    }
+
+    pub fn get(&self, d: &Digest) -> Option<Arc<V>> {
+        self.inner.lock().unwrap().get(d).cloned()
+    }
+
+    pub fn insert(&self, d: Digest, v: Arc<V>) {
+        self.inner.lock().unwrap().put(d, v);
+    }
+
+    pub fn clear(&self) {
+        self.inner.lock().unwrap().clear();
+    }
+}
+
+impl ChunkCache {
+    /// Whether a chunk is held (without touching its recency).
+    pub fn contains(&self, id: &Digest) -> bool {
+        self.inner.lock().unwrap().lru.contains(id)
+    }
+}
+
+/// One fetch of a chunk that every reader wanting it at once waits for.
+pub(crate) type Flight = Arc<tokio::sync::OnceCell<Result<Bytes>>>;
+
+/// Reads in flight and counters.
+#[derive(Default)]
+pub(crate) struct ReadState {
+    pub flights: Mutex<HashMap<Digest, Flight>>,
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+/// The open fetch pack and the recency of fetched packs.
+#[derive(Default)]
+pub(crate) struct Fetched {
+    pub pack: Mutex<Option<PackWriter>>,
+    /// Last read of each fetched pack, in memory only (a read never writes to record it).
+    pub recency: Mutex<HashMap<u64, Instant>>,
+}
+
+impl Fetched {
+    /// A fetched pack was written to now.
+    pub fn touch_new(&self, id: u64) {
+        self.recency.lock().unwrap().insert(id, Instant::now());
+    }
+
+    pub fn open_id(&self) -> Option<u64> {
+        self.pack.lock().unwrap().as_ref().map(|w| w.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_budget_and_keeps_recent() {
+        let c = ChunkCache::new(100);
+        let d = |i: u8| Digest([i; 32]);
+        c.insert(d(1), Bytes::from(vec![0; 40]));
+        c.insert(d(2), Bytes::from(vec![0; 40]));
+        assert!(c.get(&d(1)).is_some()); // 1 is now the most recent
+        c.insert(d(3), Bytes::from(vec![0; 40]));
+        assert!(c.bytes() <= 100);
+        assert!(c.get(&d(2)).is_none());
+        assert!(c.get(&d(1)).is_some() && c.get(&d(3)).is_some());
+        c.insert(d(4), Bytes::from(vec![0; 101]));
+        assert!(c.get(&d(4)).is_none());
+    }
+}

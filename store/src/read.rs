@@ -1,0 +1,228 @@
+//! Reads: a file's bytes in a range, from the chunks that cover it; each chunk from the memory
+//! cache, the local packs or S3, verified against its digest before use.
+//!
+//! Three entry points share one assembly step: [`Store::read_cached`] never blocks (memory
+//! only: the mount answers on its own thread with it), [`Store::read`] blocks (commands,
+//! export, the tests), and [`Store::read_async`] runs on the I/O runtime: local misses on its
+//! blocking pool, S3 fetches awaited directly, concurrent readers of one chunk sharing one
+//! fetch. The store decides the readahead: a chunk fetched from S3 brings the file's following
+//! chunks in the same GET when they sit next to it (see `remote/fetch.rs`).
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Error, IoContext, Result};
+use crate::model::digest::Digest;
+use crate::model::records::FileRecord;
+use crate::store::Store;
+
+/// Memory-cache counters of an open store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CacheStats {
+    pub chunk_cache_bytes: u64,
+    pub chunk_cache_budget: u64,
+    pub chunk_hits: u64,
+    pub chunk_misses: u64,
+}
+
+/// The chunks `[first, last]` of `file` covering `want` bytes from `offset`.
+fn span(file: &FileRecord, offset: u64, len: usize) -> Option<(usize, usize, usize)> {
+    if offset >= file.size || len == 0 {
+        return None;
+    }
+    let want = len.min((file.size - offset) as usize);
+    let first = file.chunk_at(offset);
+    let last = file.chunk_at(offset + want as u64 - 1);
+    Some((first, last, want))
+}
+
+/// Cuts `[offset, offset+want)` out of the covering chunks (one slice, no copy, when a single
+/// chunk covers it), checking each chunk is as long as the file record says.
+fn assemble(file: &FileRecord, offset: u64, want: usize, first: usize, chunks: &[Bytes]) -> Result<Bytes> {
+    for (i, data) in chunks.iter().enumerate() {
+        let c = &file.chunks[first + i];
+        if data.len() != c.len as usize {
+            return Err(Error::Corrupt {
+                what: "chunk",
+                digest: c.id,
+                detail: format!("has {} bytes, the file record says {}", data.len(), c.len),
+            });
+        }
+    }
+    let start = (offset - file.chunks[first].offset) as usize;
+    if chunks.len() == 1 {
+        return Ok(chunks[0].slice(start..start + want));
+    }
+    let mut out = BytesMut::with_capacity(want);
+    let mut skip = start;
+    for data in chunks {
+        let n = (data.len() - skip).min(want - out.len());
+        out.extend_from_slice(&data[skip..skip + n]);
+        skip = 0;
+    }
+    Ok(out.freeze())
+}
+
+impl Store {
+    /// Bytes `[offset, offset+len)` of `file` (fewer only at its end), fetching what is not
+    /// here. Blocks.
+    pub fn read(&self, file: &FileRecord, offset: u64, len: usize) -> Result<Bytes> {
+        let Some((first, last, want)) = span(file, offset, len) else { return Ok(Bytes::new()) };
+        let chunks = (first..=last).map(|i| self.chunk(file, i)).collect::<Result<Vec<_>>>()?;
+        assemble(file, offset, want, first, &chunks)
+    }
+
+    /// [`Store::read`] from the memory cache only: `None` if a chunk is not there. Never
+    /// blocks on I/O.
+    pub fn read_cached(&self, file: &FileRecord, offset: u64, len: usize) -> Option<Bytes> {
+        let Some((first, last, want)) = span(file, offset, len) else { return Some(Bytes::new()) };
+        let chunks = (first..=last).map(|i| self.chunk_cached(&file.chunks[i].id)).collect::<Option<Vec<_>>>()?;
+        assemble(file, offset, want, first, &chunks).ok()
+    }
+
+    /// [`Store::read`] on the I/O runtime: for callers that must not block (the mount).
+    pub fn read_async(
+        self: &Arc<Self>,
+        file: Arc<FileRecord>,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = Result<Bytes>> + Send + 'static {
+        let store = self.clone();
+        async move {
+            let Some((first, last, want)) = span(&file, offset, len) else { return Ok(Bytes::new()) };
+            let mut chunks = Vec::with_capacity(last - first + 1);
+            for i in first..=last {
+                chunks.push(store.chunk_async(&file, i).await?);
+            }
+            assemble(&file, offset, want, first, &chunks)
+        }
+    }
+
+    /// A chunk's bytes if they are in the memory cache.
+    pub(crate) fn chunk_cached(&self, id: &Digest) -> Option<Bytes> {
+        let c = self.chunks.get(id);
+        if c.is_some() {
+            self.read.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        c
+    }
+
+    /// Chunk `i` of `file`, verified: from memory, the packs, or S3 (with readahead). Blocks.
+    pub(crate) fn chunk(&self, file: &FileRecord, i: usize) -> Result<Bytes> {
+        let id = file.chunks[i].id;
+        if let Some(c) = self.chunk_cached(&id) {
+            return Ok(c);
+        }
+        self.read.misses.fetch_add(1, Ordering::Relaxed);
+        let local = self.chunk_local(&id);
+        let data = match local {
+            Ok(Some(d)) => d,
+            // Not here, or damaged here: S3 may have it.
+            r if self.remote.is_some() => match self.fetch_blocking(file, i)? {
+                Some(d) => d,
+                None => return Err(r.err().unwrap_or(Error::Missing { what: "chunk", digest: id })),
+            },
+            Ok(None) => return Err(Error::Missing { what: "chunk", digest: id }),
+            Err(e) => return Err(e),
+        };
+        self.chunks.insert(id, data.clone());
+        Ok(data)
+    }
+
+    /// [`Store::chunk`] on the I/O runtime, one fetch per chunk however many wait for it.
+    async fn chunk_async(self: &Arc<Self>, file: &Arc<FileRecord>, i: usize) -> Result<Bytes> {
+        let id = file.chunks[i].id;
+        if let Some(c) = self.chunk_cached(&id) {
+            return Ok(c);
+        }
+        self.read.misses.fetch_add(1, Ordering::Relaxed);
+        let flight = self.read.flights.lock().unwrap().entry(id).or_default().clone();
+        let r = flight
+            .get_or_init(|| async {
+                let (store, f) = (self.clone(), file.clone());
+                let local = tokio::task::spawn_blocking(move || store.chunk_local(&f.chunks[i].id))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                let r = match local {
+                    Ok(Some(d)) => Ok(d),
+                    r if self.remote.is_some() => match self.fetch_async(file.clone(), i).await {
+                        Ok(Some(d)) => Ok(d),
+                        Ok(None) => Err(r.err().unwrap_or(Error::Missing { what: "chunk", digest: id })),
+                        Err(e) => Err(e),
+                    },
+                    Ok(None) => Err(Error::Missing { what: "chunk", digest: id }),
+                    Err(e) => Err(e),
+                };
+                if let Ok(d) = &r {
+                    self.chunks.insert(id, d.clone());
+                }
+                r
+            })
+            .await
+            .clone();
+        // The first to finish retires the flight; later readers hit the cache (or retry).
+        let mut flights = self.read.flights.lock().unwrap();
+        if flights.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(&id);
+        }
+        r
+    }
+
+    /// A chunk from the local packs, verified; `None` when this host has no copy.
+    fn chunk_local(&self, id: &Digest) -> Result<Option<Bytes>> {
+        let Some(loc) = self.index.locator(id)? else { return Ok(None) };
+        self.touch_pack(loc.pack);
+        self.packs.read_chunk(id, &loc).map(Some)
+    }
+
+    /// A chunk read from its pack, bypassing the memory cache (for `verify`).
+    pub(crate) fn chunk_from_pack(&self, id: &Digest) -> Result<Bytes> {
+        let loc = self.index.locator(id)?.ok_or(Error::Missing { what: "chunk", digest: *id })?;
+        self.packs.read_chunk(id, &loc)
+    }
+
+    /// Streams a whole file into `out`, chunk by chunk (each verified).
+    pub fn write_file_to(&self, digest: &Digest, out: &mut impl Write, out_path: &Path) -> Result<u64> {
+        let f = self.file(digest)?;
+        for i in 0..f.chunks.len() {
+            out.write_all(&self.chunk(&f, i)?).at(out_path)?;
+        }
+        Ok(f.size)
+    }
+
+    /// A `Read` over a stored file.
+    pub fn reader(&self, digest: &Digest) -> Result<FileReader<'_>> {
+        Ok(FileReader { store: self, file: self.file(digest)?, pos: 0 })
+    }
+
+    /// Cache counters and sizes, for `vorpalfs status`.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            chunk_cache_bytes: self.chunks.bytes() as u64,
+            chunk_cache_budget: self.opts.chunk_cache_bytes as u64,
+            chunk_hits: self.read.hits.load(Ordering::Relaxed),
+            chunk_misses: self.read.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Sequential reader over a stored file.
+pub struct FileReader<'a> {
+    store: &'a Store,
+    file: Arc<FileRecord>,
+    pos: u64,
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let b = self.store.read(&self.file, self.pos, buf.len()).map_err(std::io::Error::other)?;
+        buf[..b.len()].copy_from_slice(&b);
+        self.pos += b.len() as u64;
+        Ok(b.len())
+    }
+}

@@ -1,0 +1,300 @@
+//! Lazy: a host that has never seen an artifact finds its root in S3 (metadata only, verified)
+//! and fetches each chunk by a ranged GET when it is first read, verified, kept on disk in a
+//! "fetched" pack and indexed.
+//!
+//! A root is recorded only once its whole closure is known and checked: the root object names
+//! a tree and an index; the index's bytes must hash to its name, every tree and file record in
+//! it to its digest, and every tree, file and chunk the root reaches must be in the index or
+//! already here. Only then are the root and its metadata committed, in one batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::local::index::Batch;
+use crate::local::pack::{PackWriter, RECORD_HEADER, decode_chunk};
+use crate::model::digest::Digest;
+use crate::model::records::{FileRecord, RemoteLocator};
+use crate::model::tree::{EntryKind, Tree};
+use crate::remote::Remote;
+use crate::remote::format::{self, IndexEntry, RootObject};
+use crate::store::{Resolved, Store};
+
+/// A read that misses fetches up to this many bytes of the file's following chunks in the same
+/// GET when they sit next to it in the remote pack (a sequential read then costs one GET per
+/// READAHEAD bytes, not one per chunk).
+const READAHEAD: u64 = 8 << 20;
+
+/// One ranged GET: chunks of one remote pack, back to back, in offset order.
+pub(crate) struct Run {
+    pub chunks: Vec<(Digest, RemoteLocator)>,
+}
+
+impl Run {
+    pub fn pack(&self) -> Digest {
+        self.chunks[0].1.pack
+    }
+
+    pub fn range(&self) -> std::ops::Range<u64> {
+        let start = self.chunks[0].1.offset;
+        // Offsets only grow along a run, but lengths vary: the end is the furthest.
+        let end = self.chunks.iter().map(|(_, r)| r.offset + u64::from(r.stored_len)).max().unwrap_or(start);
+        start..end
+    }
+}
+
+/// What S3 holds for a root name: its root object and, unless the tree is here, its index.
+pub(crate) struct RemoteRoot {
+    name: String,
+    root: RootObject,
+    index: Option<Bytes>,
+}
+
+/// Fetches and parses `roots/<name>`.
+async fn fetch_root_object(remote: Remote, name: String) -> Result<Option<RootObject>> {
+    let key = format::root_key(&name);
+    let Some(obj) = remote.get(key.clone(), format::MAX_ROOT_OBJECT).await? else { return Ok(None) };
+    let url = format!("{}/{key}", remote.url());
+    RootObject::parse(&obj).map(Some).ok_or(Error::BadRemoteObject { url, what: "root object" })
+}
+
+/// Fetches the index `digest`, checked against its name.
+async fn fetch_index(remote: Remote, digest: Digest) -> Result<Bytes> {
+    let key = format::index_key(&digest);
+    let bytes = remote.get(key.clone(), format::MAX_INDEX_OBJECT).await?.ok_or_else(|| Error::Remote {
+        url: format!("{}/{key}", remote.url()),
+        source: crate::error::RemoteError::NotFound,
+    })?;
+    if Digest(*blake3::hash(&bytes).as_bytes()) != digest {
+        return Err(Error::Corrupt { what: "remote index", digest, detail: "content does not match its name".into() });
+    }
+    Ok(bytes)
+}
+
+impl Store {
+    /// Looks `name` up in S3 (blocking): if a root of that name is there, its metadata is
+    /// fetched, checked and recorded here (no data).
+    pub fn resolve_remote(&self, name: &str) -> Result<Option<Resolved>> {
+        let remote = self.remote_or_err()?;
+        let Some(root) = remote.wait(fetch_root_object(remote.clone(), name.to_string()))? else { return Ok(None) };
+        let index = match self.index.has_tree(&root.tree)? {
+            true => None,
+            false => Some(remote.wait(fetch_index(remote.clone(), root.index))?),
+        };
+        self.record_remote_root(RemoteRoot { name: name.to_string(), root, index }).map(Some)
+    }
+
+    /// [`Store::resolve_remote`] on the I/O runtime (the mount's lookups must not block).
+    pub async fn resolve_remote_async(self: Arc<Self>, name: String) -> Result<Option<Resolved>> {
+        let remote = self.remote_or_err()?.clone();
+        let Some(root) = fetch_root_object(remote.clone(), name.clone()).await? else { return Ok(None) };
+        let index = match self.index.has_tree(&root.tree)? {
+            true => None,
+            false => Some(fetch_index(remote, root.index).await?),
+        };
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, root, index }).map(Some))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Checks a root fetched from S3 and records it with its metadata, in one commit.
+    fn record_remote_root(&self, r: RemoteRoot) -> Result<Resolved> {
+        // From "is this tree/file here?" to the commit: gc must not remove what is reused.
+        let _writer = self.gc_lock.read().unwrap();
+        let mut batch = Batch::default();
+        if let Some(bytes) = &r.index {
+            let mut trees: HashMap<Digest, Vec<u8>> = HashMap::new();
+            let mut files: HashMap<Digest, Vec<u8>> = HashMap::new();
+            let mut places: HashMap<Digest, RemoteLocator> = HashMap::new();
+            format::decode_index(bytes, &r.root.index, |e| {
+                match e {
+                    IndexEntry::Tree(d, b) => drop(trees.insert(d, b)),
+                    IndexEntry::File(d, b) => drop(files.insert(d, b)),
+                    IndexEntry::Chunk(id, l) => drop(places.insert(id, l)),
+                }
+                Ok(())
+            })?;
+            let lacks = |what: &'static str, digest: Digest| Error::Corrupt {
+                what: "remote index",
+                digest: r.root.index,
+                detail: format!("it lacks {what} {digest} of root {}", r.name),
+            };
+            // The closure, walked from the root: everything must be in the index or here.
+            let mut stack = vec![r.root.tree];
+            let mut seen = std::collections::HashSet::new();
+            while let Some(t) = stack.pop() {
+                if !seen.insert(t) {
+                    continue;
+                }
+                let Some(enc) = trees.get(&t) else {
+                    if self.index.has_tree(&t)? {
+                        continue;
+                    }
+                    return Err(lacks("tree", t));
+                };
+                if !self.index.has_tree(&t)? {
+                    batch.put_tree(&t, enc);
+                }
+                for e in Tree::decode(enc, &t)?.entries() {
+                    match &e.kind {
+                        EntryKind::Dir { digest, .. } => stack.push(*digest),
+                        EntryKind::File { digest, .. } => {
+                            if !seen.insert(*digest) || self.index.has_file(digest)? {
+                                continue;
+                            }
+                            let enc = files.get(digest).ok_or_else(|| lacks("file", *digest))?;
+                            for c in FileRecord::decode(enc, digest)?.chunks {
+                                match places.get(&c.id) {
+                                    Some(l) => batch.put_remote(&c.id, l),
+                                    None if self.index.has_chunk(&c.id)?
+                                        || self.index.remote_locator(&c.id)?.is_some() => {}
+                                    None => return Err(lacks("the place of chunk", c.id)),
+                                }
+                            }
+                            batch.put_file(digest, enc);
+                        }
+                        EntryKind::Symlink { .. } => {}
+                    }
+                }
+            }
+        } else if !self.index.has_tree(&r.root.tree)? {
+            // Went away (gc) between the question and now: the next lookup fetches the index.
+            return Err(Error::Missing { what: "tree", digest: r.root.tree });
+        }
+        self.put_root(&mut batch, &r.name, &r.root.tree)?;
+        self.commit(batch)?;
+        tracing::info!(name = r.name, tree = %r.root.tree, "found in S3");
+        Ok(Resolved { root: r.name, tree: r.root.tree, remote: true })
+    }
+
+    /// Where a chunk is in S3, if known.
+    pub(crate) fn remote_locator(&self, id: &Digest) -> Result<Option<RemoteLocator>> {
+        self.index.remote_locator(id)
+    }
+
+    /// The GET that fetches chunk `i` of `file`: the chunk, and the chunks after it in the file
+    /// that are neither here nor in memory and sit right after it in the same remote pack, up to
+    /// READAHEAD bytes. `None` when S3 does not have the chunk.
+    fn fetch_plan(&self, file: &FileRecord, i: usize) -> Result<Option<Run>> {
+        let Some(rl) = self.remote_locator(&file.chunks[i].id)? else { return Ok(None) };
+        let mut run = vec![(file.chunks[i].id, rl)];
+        let mut end = rl.offset + u64::from(rl.stored_len);
+        for c in &file.chunks[i + 1..] {
+            if end - rl.offset >= READAHEAD || self.chunks.contains(&c.id) || self.index.has_chunk(&c.id)? {
+                break;
+            }
+            match self.remote_locator(&c.id)? {
+                Some(next) if next.pack == rl.pack && next.offset == end + RECORD_HEADER => {
+                    end = next.offset + u64::from(next.stored_len);
+                    run.push((c.id, next));
+                }
+                _ => break,
+            }
+        }
+        Ok(Some(Run { chunks: run }))
+    }
+
+    /// Fetches chunk `i` of `file` (and its readahead) from S3, blocking. `None`: not in S3.
+    pub(crate) fn fetch_blocking(&self, file: &FileRecord, i: usize) -> Result<Option<Bytes>> {
+        let Some(run) = self.fetch_plan(file, i)? else { return Ok(None) };
+        let remote = self.remote_or_err()?;
+        let bytes = remote.wait(remote.get_range(format::pack_key(&run.pack()), run.range()))?;
+        self.accept_run(&run, bytes, false).map(Some)
+    }
+
+    /// [`Store::fetch_blocking`] on the I/O runtime.
+    pub(crate) async fn fetch_async(self: &Arc<Self>, file: Arc<FileRecord>, i: usize) -> Result<Option<Bytes>> {
+        let Some(run) = self.fetch_plan(&file, i)? else { return Ok(None) };
+        let remote = self.remote_or_err()?;
+        let bytes = remote.get_range(format::pack_key(&run.pack()), run.range()).await?;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.accept_run(&run, bytes, false).map(Some))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Verifies the chunks of a fetched run, keeps the good ones on disk and in memory, and
+    /// returns the first (the one asked for). A damaged chunk after the first is only left out.
+    /// `held`: the caller is a pull, holding `gc_lock` shared already.
+    pub(crate) fn accept_run(&self, run: &Run, bytes: Bytes, held: bool) -> Result<Bytes> {
+        let start = run.range().start;
+        let mut good = Vec::with_capacity(run.chunks.len());
+        let mut first = None;
+        for (n, (id, rl)) in run.chunks.iter().enumerate() {
+            let at = (rl.offset - start) as usize;
+            let stored = bytes.slice(at..at + rl.stored_len as usize);
+            let place = || format!("fetched from S3 pack {} at {}", rl.pack, rl.offset);
+            match decode_chunk(id, rl, stored.clone(), &place) {
+                Ok(data) => {
+                    if n == 0 {
+                        first = Some(data);
+                    } else {
+                        self.chunks.insert(*id, data);
+                    }
+                    good.push((*id, *rl, stored));
+                }
+                Err(e) if n == 0 => return Err(e),
+                Err(e) => tracing::warn!("readahead: {e}"),
+            }
+        }
+        match self.keep_fetched(&good, held) {
+            // A pull exists to keep the data: its failure is the pull's.
+            Err(e) if held => return Err(e),
+            // A read has its bytes whether or not they could be kept (a full disk, say).
+            Err(e) => tracing::warn!("cannot keep chunks fetched from S3 on disk (they are served anyway): {e}"),
+            Ok(()) => {}
+        }
+        Ok(first.expect("the first chunk was checked"))
+    }
+
+    /// Appends verified chunks to the open fetch pack and indexes them in one commit.
+    pub(crate) fn keep_fetched(&self, chunks: &[(Digest, RemoteLocator, Bytes)], held: bool) -> Result<()> {
+        // While gc runs, fetched chunks are served from memory but not kept on disk: a read
+        // never waits for a gc. A caller already holding the lock (pull) says so: a second
+        // shared lock could fail while gc waits for the first.
+        let _writer = match held {
+            true => None,
+            false => match self.gc_lock.try_read() {
+                Ok(g) => Some(g),
+                Err(_) => return Ok(()),
+            },
+        };
+        let mut slot = self.fetched.pack.lock().unwrap();
+        let mut batch = Batch::default();
+        for (id, rl, stored) in chunks {
+            if slot.is_none() {
+                let pid = self.alloc_pack_id();
+                let w = PackWriter::create(&self.packs_dir, pid)?;
+                // Named in the index at once, so that opening the store keeps it.
+                let mut b = Batch::default();
+                b.put_fetched_pack(pid);
+                self.commit(b)?;
+                *slot = Some(w);
+            }
+            let w = slot.as_mut().expect("just opened");
+            let loc = w.append(id, rl.raw_len, rl.codec, stored)?;
+            batch.put_locator(id, &loc);
+            self.fetched.touch_new(w.id());
+        }
+        let full = slot.as_ref().is_some_and(|w| w.len() >= self.fetch_pack_size());
+        if let Some(w) = slot.as_mut() {
+            w.flush()?;
+        }
+        if full {
+            let (pid, info) = slot.take().expect("open").seal()?;
+            batch.put_pack(pid, &info);
+        }
+        drop(slot);
+        // Not synced (but for a sealed pack): this is a cache. A crash may lose the entries, or
+        // keep entries whose bytes never reached the disk; those fail verification when read
+        // and are fetched again. Syncing would cost a WAL fsync per lazy read.
+        self.index.commit_with(batch, full)?;
+        if full {
+            self.evict()?;
+        }
+        Ok(())
+    }
+}

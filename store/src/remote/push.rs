@@ -1,0 +1,253 @@
+//! Push: a root and whatever of its data S3 lacks, up. Idempotent, and safe with many hosts
+//! pushing at once: packs and indexes are named by their content, so two hosts pushing the same
+//! tree write the same keys.
+//!
+//! The chunks S3 is not known to have (the `remote` table remembers what was sent or seen) are
+//! streamed from the local packs into temporary pack files cut at [`REMOTE_PACK_SIZE`]; three
+//! uploader threads send them (multipart, parts in parallel) while the next is written, so disk
+//! holds a few packs and memory the parts in flight. Then the index, then the root object.
+//! Packs that made it are recorded even when the push fails, so a retry does not resend them.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::error::{Error, IoContext, Result};
+use crate::local::index::Batch;
+use crate::local::pack::{RECORD_HEADER, record_header};
+use crate::model::digest::Digest;
+use crate::model::records::{FileRecord, Locator, RemoteLocator};
+use crate::model::tree::{EntryKind, Tree};
+use crate::remote::Remote;
+use crate::remote::format::{self, RootObject};
+use crate::store::Store;
+
+/// A push cuts new remote packs past this size: small enough that several upload at once (each
+/// as parts in parallel) and that a server without efficient ranged reads (moto) answers a GET
+/// quickly; large enough that a GB is a few dozen objects.
+const REMOTE_PACK_SIZE: u64 = 32 << 20;
+/// Packs a push uploads at once.
+const PARALLEL_PACKS: usize = 3;
+
+/// What a push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    pub name: String,
+    pub tree: Digest,
+    /// True when S3 already had this root with this tree: nothing was sent.
+    pub already: bool,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub uploaded_bytes: u64,
+}
+
+/// Every tree, file and chunk reachable from a tree (each once).
+pub(crate) struct Closure {
+    pub trees: Vec<(Digest, Vec<u8>)>,
+    pub files: Vec<(Digest, FileRecord)>,
+    pub chunks: Vec<Digest>,
+}
+
+/// What [`Store::upload_packs`] did: the chunks now in S3, the bytes sent, the first error.
+#[derive(Default)]
+struct Uploaded {
+    placed: Vec<(Digest, RemoteLocator)>,
+    bytes: u64,
+    error: Option<Error>,
+}
+
+impl Store {
+    /// Every tree, file record and chunk id reachable from `root`.
+    pub(crate) fn closure(&self, root: &Digest) -> Result<Closure> {
+        let mut c = Closure { trees: Vec::new(), files: Vec::new(), chunks: Vec::new() };
+        let (mut seen_t, mut seen_f, mut seen_c) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let mut stack = vec![*root];
+        while let Some(t) = stack.pop() {
+            if !seen_t.insert(t) {
+                continue;
+            }
+            let bytes = self.index.tree(&t)?.ok_or(Error::Missing { what: "tree", digest: t })?;
+            let tree = Tree::decode(&bytes, &t)?;
+            c.trees.push((t, bytes));
+            for e in tree.entries() {
+                match &e.kind {
+                    EntryKind::Dir { digest, .. } => stack.push(*digest),
+                    EntryKind::File { digest, .. } => {
+                        if seen_f.insert(*digest) {
+                            let f = self.file(digest)?;
+                            for ch in &f.chunks {
+                                if seen_c.insert(ch.id) {
+                                    c.chunks.push(ch.id);
+                                }
+                            }
+                            c.files.push((*digest, (*f).clone()));
+                        }
+                    }
+                    EntryKind::Symlink { .. } => {}
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Uploads a root (a root name, an artifact name, or a digest) and whatever of its data S3
+    /// lacks. A build result is pushed under its input digest. Idempotent.
+    pub fn push(&self, what: &str, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<PushReport> {
+        let remote = self.remote_or_err()?;
+        let r = self.resolve_local(what)?.ok_or_else(|| Error::UnknownName(what.to_string()))?;
+        let (name, tree) = (r.root, r.tree);
+        // Kept from gc while its packs are read.
+        let _pin = self.pin(&tree)?;
+        let mut report = PushReport { name: name.clone(), tree, ..Default::default() };
+        let there = remote.wait(remote.get(format::root_key(&name), format::MAX_ROOT_OBJECT))?;
+        if there.and_then(|o| RootObject::parse(&o)).is_some_and(|o| o.tree == tree) {
+            report.already = true;
+            return Ok(report);
+        }
+        let c = self.closure(&tree)?;
+        report.chunks = c.chunks.len() as u64;
+        let mut locs: HashMap<Digest, RemoteLocator> = HashMap::new();
+        let mut new = Vec::new();
+        for id in &c.chunks {
+            match self.remote_locator(id)? {
+                Some(l) => drop(locs.insert(*id, l)),
+                None => new.push((*id, self.index.locator(id)?.ok_or(Error::Missing { what: "chunk", digest: *id })?)),
+            }
+        }
+        report.new_chunks = new.len() as u64;
+        let uploaded = self.upload_packs(remote, &tree, &new, progress);
+        let mut batch = Batch::default();
+        for (id, rl) in &uploaded.placed {
+            batch.put_remote(id, rl);
+            locs.insert(*id, *rl);
+        }
+        report.uploaded_bytes = uploaded.bytes;
+        if let Some(e) = uploaded.error {
+            self.commit(batch)?;
+            return Err(e);
+        }
+        let chunks: Vec<(Digest, RemoteLocator)> = c
+            .chunks
+            .iter()
+            .map(|id| {
+                locs.get(id).map(|l| (*id, *l)).ok_or(Error::Missing { what: "chunk's place in S3", digest: *id })
+            })
+            .collect::<Result<_>>()?;
+        let index = format::encode_index(&c.trees, &c.files, &chunks)?;
+        let index_digest = Digest(*blake3::hash(&index).as_bytes());
+        let key = format::index_key(&index_digest);
+        if !remote.wait(remote.exists(key.clone()))? {
+            report.uploaded_bytes += index.len() as u64;
+            remote.wait(remote.put(key, index.into()))?;
+        }
+        let obj = Bytes::from(RootObject { tree, index: index_digest }.encode());
+        // A named root is also findable by its tree digest, which is what the mount shows.
+        if name.parse::<Digest>().is_err() {
+            remote.wait(remote.put(format::root_key(&tree.to_hex()), obj.clone()))?;
+        }
+        remote.wait(remote.put(format::root_key(&name), obj))?;
+        self.commit(batch)?;
+        Ok(report)
+    }
+
+    /// Writes `chunks` into packs of about [`REMOTE_PACK_SIZE`], each staged in a temporary file
+    /// (named by its BLAKE3, so identical packs from two hosts are one object) and uploaded by
+    /// one of [`PARALLEL_PACKS`] threads while the next is written. Stops at the first error.
+    fn upload_packs(
+        &self,
+        remote: &Remote,
+        tree: &Digest,
+        chunks: &[(Digest, Locator)],
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Uploaded {
+        struct Staged {
+            tmp: std::path::PathBuf,
+            digest: Digest,
+            len: u64,
+            placed: Vec<(Digest, RemoteLocator)>,
+        }
+        let total: u64 = chunks.iter().map(|(_, l)| RECORD_HEADER + u64::from(l.stored_len)).sum();
+        let done = AtomicU64::new(0);
+        let out = Mutex::new(Uploaded::default());
+        let fail = |e: Error| {
+            out.lock().unwrap().error.get_or_insert(e);
+        };
+        let failed = || out.lock().unwrap().error.is_some();
+        let tmp_dir = self.dir().join("tmp");
+        if let Err(e) = std::fs::create_dir_all(&tmp_dir).at(&tmp_dir) {
+            fail(e);
+        }
+        let upload = |p: Staged| {
+            let key = format::pack_key(&p.digest);
+            let r = if failed() {
+                Ok(())
+            } else {
+                remote.wait(remote.exists(key.clone())).and_then(|there| {
+                    if !there {
+                        remote.wait(remote.put_file(key, p.tmp.clone()))?;
+                        out.lock().unwrap().bytes += p.len;
+                    }
+                    Ok(())
+                })
+            };
+            let _ = std::fs::remove_file(&p.tmp);
+            match r {
+                Ok(()) if !failed() => {
+                    out.lock().unwrap().placed.extend(p.placed);
+                    progress(done.fetch_add(p.len, Ordering::SeqCst) + p.len, total);
+                }
+                Ok(()) => {}
+                Err(e) => fail(e),
+            }
+        };
+        std::thread::scope(|s| {
+            let (tx, rx) = crossbeam_channel::bounded::<Staged>(1);
+            for _ in 0..PARALLEL_PACKS {
+                let (rx, upload) = (rx.clone(), &upload);
+                s.spawn(move || rx.into_iter().for_each(upload));
+            }
+            let mut staged = 0u32;
+            let mut chunks = chunks.iter().peekable();
+            while chunks.peek().is_some() && !failed() {
+                let tmp = tmp_dir.join(format!("push-{}-{}-{staged}.pack", std::process::id(), tree.short()));
+                staged += 1;
+                let r = (|| -> Result<Staged> {
+                    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).at(&tmp)?);
+                    let mut h = blake3::Hasher::new();
+                    let (mut offset, mut placed) = (0u64, Vec::new());
+                    while offset < REMOTE_PACK_SIZE
+                        && let Some((id, loc)) = chunks.next()
+                    {
+                        let stored = self.packs.read_stored(id, loc)?;
+                        let header = record_header(id, loc.raw_len, loc.stored_len, loc.codec);
+                        for part in [&header[..], &stored[..]] {
+                            w.write_all(part).at(&tmp)?;
+                            h.update(part);
+                        }
+                        placed.push((*id, offset + RECORD_HEADER, *loc));
+                        offset += RECORD_HEADER + stored.len() as u64;
+                    }
+                    w.flush().at(&tmp)?;
+                    let digest = Digest(*h.finalize().as_bytes());
+                    let placed = placed.into_iter().map(|(id, off, l)| (id, l.moved(digest, off))).collect();
+                    Ok(Staged { tmp: tmp.clone(), digest, len: offset, placed })
+                })();
+                match r {
+                    Ok(p) => {
+                        if let Err(crossbeam_channel::SendError(p)) = tx.send(p) {
+                            let _ = std::fs::remove_file(&p.tmp);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        fail(e);
+                    }
+                }
+            }
+        });
+        out.into_inner().unwrap()
+    }
+}

@@ -1,0 +1,293 @@
+//! The remote layer against the in-memory object store: push, lazy lookup and reads with
+//! readahead, pull, eviction, claims, and every way the backend can fail (corrupt, missing,
+//! malformed and oversized objects, errors, an outage, a blackhole). No network, no root.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::testing::pseudo_random;
+use crate::{EntryKind, Options, Store};
+
+fn policy() -> Policy {
+    Policy {
+        attempts: 3,
+        backoff: Duration::from_millis(1),
+        small_deadline: Duration::from_millis(500),
+        data_deadline: Duration::from_millis(500),
+        min_rate: 1 << 30,
+        down_after: 2,
+        down_for: Duration::from_millis(300),
+    }
+}
+
+struct Host {
+    _dir: tempfile::TempDir,
+    store: Store,
+}
+
+fn host(mem: &Arc<MemoryStore>, cache: Option<u64>) -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        remote: Some(Backend::Object(mem.clone())),
+        policy: policy(),
+        cache_bytes: cache,
+        ..Default::default()
+    };
+    let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
+    Host { _dir: dir, store }
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+/// 12 + 9 MiB of incompressible data and 30 small files.
+fn tree(src: &Path) {
+    write(&src.join("big/a.bin"), &pseudo_random(12 << 20, 1));
+    write(&src.join("big/b.bin"), &pseudo_random(9 << 20, 2));
+    for i in 0..30 {
+        write(&src.join(format!("small/f{i}")), format!("file {i}\n").repeat(50 + i).as_bytes());
+    }
+}
+
+fn file_bytes(store: &Store, root: &crate::Digest, path: &str) -> crate::Result<Vec<u8>> {
+    let EntryKind::File { digest, .. } = store.lookup(root, path)?.kind else { panic!("{path} is not a file") };
+    let f = store.file(&digest)?;
+    Ok(store.read(&f, 0, f.size as usize)?.to_vec())
+}
+
+/// A pushed tree: (its source dir, its digest).
+fn pushed(mem: &Arc<MemoryStore>) -> (tempfile::TempDir, crate::Digest) {
+    let src = tempfile::tempdir().unwrap();
+    tree(src.path());
+    let a = host(mem, None);
+    let d = a.store.ingest(src.path(), None).unwrap().root;
+    let r = a.store.push(&d.to_hex(), &|_, _| {}).unwrap();
+    assert!(!r.already && r.new_chunks > 20, "{r:?}");
+    assert!(a.store.push(&d.to_hex(), &|_, _| {}).unwrap().already);
+    (src, d)
+}
+
+#[test]
+fn a_lazy_host_fetches_metadata_then_only_the_chunks_it_reads_with_readahead() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let b = host(&mem, None);
+    let r = b.store.resolve(&d.to_hex()).unwrap();
+    assert!(r.remote && r.tree == d);
+    let t0 = b.store.remote().unwrap().traffic();
+    assert_eq!(t0.gets, 2, "a root object and an index");
+    // One small file: one ranged GET of its one chunk.
+    assert_eq!(file_bytes(&b.store, &d, "small/f3").unwrap(), std::fs::read(src.path().join("small/f3")).unwrap());
+    let t1 = b.store.remote().unwrap().traffic();
+    assert_eq!(t1.gets - t0.gets, 1);
+    assert!(t1.get_bytes - t0.get_bytes < 4096, "{t1:?}");
+    // A 12 MiB file read start to end: readahead brings the following chunks in the same GET.
+    let EntryKind::File { digest, .. } = b.store.lookup(&d, "big/a.bin").unwrap().kind else { panic!() };
+    let f = b.store.file(&digest).unwrap();
+    let mut got = Vec::new();
+    for off in (0..f.size).step_by(128 << 10) {
+        got.extend_from_slice(&b.store.read(&f, off, 128 << 10).unwrap());
+    }
+    assert!(got == pseudo_random(12 << 20, 1));
+    let t2 = b.store.remote().unwrap().traffic();
+    assert!(t2.gets - t1.gets <= 3, "{} GETs for a sequential read of 12 MiB", t2.gets - t1.gets);
+    assert!((12 << 20..13 << 20).contains(&(t2.get_bytes - t1.get_bytes)));
+    // Read again: from the local fetched packs, no request.
+    assert_eq!(file_bytes(&b.store, &d, "big/a.bin").unwrap().len(), 12 << 20);
+    assert_eq!(b.store.remote().unwrap().traffic().gets, t2.gets);
+}
+
+#[test]
+fn the_async_read_path_fetches_once_for_many_readers() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    mem.faults(|f| f.latency = Duration::from_millis(50));
+    let b = host(&mem, None);
+    let store = Arc::new(b.store);
+    store.resolve(&d.to_hex()).unwrap();
+    let EntryKind::File { digest, .. } = store.lookup(&d, "big/b.bin").unwrap().kind else { panic!() };
+    let f = store.file(&digest).unwrap();
+    let before = store.remote().unwrap().traffic().gets;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let reads: Vec<_> = (0..8).map(|_| rt.spawn(store.read_async(f.clone(), 0, 4096))).collect();
+    for r in reads {
+        assert!(rt.block_on(r).unwrap().unwrap()[..] == pseudo_random(4096, 2)[..]);
+    }
+    assert_eq!(store.remote().unwrap().traffic().gets - before, 1, "eight readers of one chunk, one GET");
+}
+
+#[test]
+fn a_corrupted_pack_is_an_error_never_wrong_bytes() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    let packs = mem.keys("packs/");
+    mem.faults(|f| f.corrupt = packs.clone());
+    let b = host(&mem, None);
+    b.store.resolve(&d.to_hex()).unwrap();
+    let e = file_bytes(&b.store, &d, "big/a.bin").unwrap_err();
+    assert!(e.is_corruption() && e.to_string().contains("fetched from S3 pack"), "{e}");
+    // A pull takes whole packs, checked against their names: refused, nothing kept.
+    let c = host(&mem, None);
+    let e = c.store.pull(&d.to_hex(), &|_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("does not match its name"), "{e}");
+    assert!(c.store.stats().unwrap().packs == 0);
+}
+
+#[test]
+fn bad_root_objects_and_indexes_are_refused_and_record_nothing() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    let root_key = format::root_key(&d.to_hex());
+    let good = mem.object(&root_key).unwrap();
+    let index_key = mem.keys("indexes/")[0].clone();
+    let index = mem.object(&index_key).unwrap();
+    let check = |what: &str, want: &str| {
+        let b = host(&mem, None);
+        let e = b.store.resolve(&d.to_hex()).unwrap_err();
+        assert!(e.to_string().contains(want), "{what}: {e}");
+        assert!(b.store.roots().unwrap().is_empty(), "{what}: a root was recorded");
+        assert!(b.store.top_level().unwrap().is_empty());
+    };
+    mem.insert(&root_key, &b"not a root"[..]);
+    check("garbage root object", "not a vorpalfs root object");
+    mem.insert(&root_key, vec![b'x'; 1 << 20]);
+    check("huge root object", "larger than");
+    mem.insert(&root_key, good.clone());
+    mem.remove(&index_key);
+    check("missing index", "missing");
+    let mut bad = index.to_vec();
+    bad[10] ^= 1;
+    mem.insert(&index_key, bad);
+    check("changed index", "does not match its name");
+    // An index that verifies but does not hold the root's tree.
+    let other = format::encode_index(&[], &[], &[]).unwrap();
+    let od = crate::Digest(*blake3::hash(&other).as_bytes());
+    mem.insert(&format::index_key(&od), other);
+    mem.insert(&root_key, format::RootObject { tree: d, index: od }.encode());
+    check("incomplete index", "lacks tree");
+    mem.insert(&root_key, good);
+    mem.insert(&index_key, index);
+    let b = host(&mem, None);
+    assert_eq!(b.store.resolve(&d.to_hex()).unwrap().tree, d);
+}
+
+#[test]
+fn errors_are_retried_an_outage_fails_fast_and_recovery_is_seen() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let b = host(&mem, None);
+    b.store.resolve(&d.to_hex()).unwrap();
+    // Two transient failures: retried, the read succeeds.
+    mem.faults(|f| f.fail_next = 2);
+    assert_eq!(file_bytes(&b.store, &d, "small/f1").unwrap(), std::fs::read(src.path().join("small/f1")).unwrap());
+    // An outage: a read fails after its attempts; after the second, S3 is down and requests
+    // fail at once without being sent.
+    mem.faults(|f| f.outage = true);
+    assert!(file_bytes(&b.store, &d, "small/f2").is_err());
+    assert!(file_bytes(&b.store, &d, "small/f4").is_err());
+    assert!(b.store.remote().unwrap().is_down());
+    let gets = mem.gets.load(std::sync::atomic::Ordering::Relaxed);
+    let t = Instant::now();
+    let e = file_bytes(&b.store, &d, "small/f5").unwrap_err();
+    assert!(matches!(e, crate::Error::Remote { source: crate::RemoteError::Down, .. }), "{e}");
+    assert!(t.elapsed() < Duration::from_millis(50));
+    assert_eq!(mem.gets.load(std::sync::atomic::Ordering::Relaxed), gets);
+    // Back: after the down period, reads work again.
+    mem.faults(|f| f.outage = false);
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(file_bytes(&b.store, &d, "small/f5").unwrap(), std::fs::read(src.path().join("small/f5")).unwrap());
+    assert!(!b.store.remote().unwrap().is_down());
+}
+
+#[test]
+fn a_blackholed_endpoint_times_out() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    let b = host(&mem, None);
+    mem.faults(|f| f.hang = true);
+    let t = Instant::now();
+    let e = b.store.resolve(&d.to_hex()).unwrap_err();
+    assert!(e.to_string().contains("no answer within"), "{e}");
+    // 3 attempts of 500 ms each.
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+#[test]
+fn eviction_keeps_fetched_data_within_the_budget() {
+    let mem = Arc::new(MemoryStore::new());
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..8 {
+        write(&src.path().join(format!("f{i}")), &pseudo_random(4 << 20, 100 + i));
+    }
+    let a = host(&mem, None);
+    let d = a.store.ingest(src.path(), None).unwrap().root;
+    a.store.push(&d.to_hex(), &|_, _| {}).unwrap();
+    let budget = 12u64 << 20;
+    let b = host(&mem, Some(budget));
+    b.store.resolve(&d.to_hex()).unwrap();
+    for i in 0..8 {
+        assert!(file_bytes(&b.store, &d, &format!("f{i}")).unwrap() == pseudo_random(4 << 20, 100 + i));
+        b.store.evict().unwrap();
+        let used = b.store.cache_bytes().unwrap();
+        assert!(used <= budget, "after f{i}: {used} bytes cached, budget {budget}");
+    }
+    // Evicted data comes back from S3 when read again, still right.
+    assert!(file_bytes(&b.store, &d, "f0").unwrap() == pseudo_random(4 << 20, 100));
+}
+
+#[test]
+fn pull_fetches_everything_then_works_offline() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let b = host(&mem, None);
+    let r = b.store.pull(&d.to_hex(), &|_, _| {}).unwrap();
+    assert_eq!(r.fetched_chunks, r.chunks);
+    mem.faults(|f| f.outage = true);
+    let out = tempfile::tempdir().unwrap();
+    b.store.export(&d, &out.path().join("x")).unwrap();
+    assert!(
+        std::fs::read(out.path().join("x/big/a.bin")).unwrap() == std::fs::read(src.path().join("big/a.bin")).unwrap()
+    );
+    assert!(b.store.verify().unwrap().problems.is_empty());
+}
+
+#[test]
+fn claims_are_taken_once_seen_by_others_and_released() {
+    let mem = Arc::new(MemoryStore::new());
+    let (a, b) = (host(&mem, None), host(&mem, None));
+    assert!(a.store.claim("x", "a:1", false).unwrap());
+    assert!(!b.store.claim("x", "b:2", false).unwrap());
+    let c = b.store.claim_info("x").unwrap().unwrap();
+    assert_eq!(c.owner, "a:1");
+    assert!(c.age_seconds < 5);
+    assert!(b.store.claim("x", "b:2", true).unwrap(), "a stale claim is taken over");
+    assert_eq!(a.store.claim_info("x").unwrap().unwrap().owner, "b:2");
+    b.store.release("x").unwrap();
+    assert!(a.store.claim_info("x").unwrap().is_none());
+}
+
+#[test]
+fn two_hosts_pushing_one_tree_write_the_same_objects() {
+    let mem = Arc::new(MemoryStore::new());
+    let src = tempfile::tempdir().unwrap();
+    tree(src.path());
+    let (a, b) = (host(&mem, None), host(&mem, None));
+    let da = a.store.ingest(src.path(), Some("x")).unwrap().root;
+    let db = b.store.ingest(src.path(), Some("x")).unwrap().root;
+    std::thread::scope(|s| {
+        s.spawn(|| a.store.push("x", &|_, _| {}).unwrap());
+        s.spawn(|| b.store.push("x", &|_, _| {}).unwrap());
+    });
+    assert_eq!(da, db);
+    assert_eq!(mem.keys("indexes/").len(), 1);
+    let packs = mem.keys("packs/").len();
+    assert!(packs >= 1);
+    // Named roots are also found by their tree digest.
+    assert!(mem.object(&format::root_key(&da.to_hex())).is_some());
+    let c = host(&mem, None);
+    assert_eq!(c.store.resolve("x").unwrap().tree, da);
+}
