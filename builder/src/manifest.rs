@@ -191,7 +191,9 @@ pub fn load(path: &Path) -> Result<Manifest> {
 
 /// Parses and checks manifest text; `path` names it in errors and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Manifest> {
-    let loc = |offset: usize| location(path, text, offset);
+    // Line starts, found once: every artifact records where it is declared.
+    let lines: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let loc = |offset: usize| location(path, text, &lines, offset);
     let err = |offset: usize, msg: String| Error::Manifest { at: loc(offset).to_string(), msg };
     let raw: RawManifest = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or_else(|| path.display().to_string(), |s| loc(s.start).to_string());
@@ -404,10 +406,12 @@ fn parse_timeout(t: &RawTimeout) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn location(file: &Path, text: &str, offset: usize) -> Location {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+/// The line and column (in characters) of byte `offset`, given the byte offsets where lines
+/// start.
+fn location(file: &Path, text: &str, lines: &[usize], offset: usize) -> Location {
+    let offset = offset.min(text.len());
+    let line = lines.partition_point(|&start| start <= offset);
+    let column = text[lines[line - 1]..offset].chars().count() + 1;
     Location { file: file.to_path_buf(), line, column }
 }
 
