@@ -16,6 +16,7 @@ packages=(
   procps            # pgrep, pkill: the tests look for processes a build left behind
   diffutils findutils coreutils gawk tar   # diff -r, find, xargs, sha256sum, awk, tar in the tests
   curl bc zstd time # scripts/bench: readiness checks, arithmetic, the Vorpal pipeline, /usr/bin/time
+  valgrind          # the performance gate counts instructions under callgrind
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, the whole test suite (unit, property and
-# end-to-end tests against the real binary, real RocksDB and real mounts), and a compile of the
-# benchmarks. Installs what is missing first. Exits non-zero on any failure.
+# end-to-end tests against the real binary, real RocksDB and real mounts), a compile of the
+# benchmarks, and the performance gate (instruction counts against their baselines). Installs
+# what is missing first. Exits non-zero on any failure.
 #
 # Needs root (the tests mount tmpfs and bind mounts, make device nodes and drop to `nobody`).
 set -euo pipefail
@@ -36,5 +37,9 @@ cargo test --release --workspace
 
 step "cargo bench --no-run"
 cargo bench --workspace --no-run
+
+# Instruction counts of the hot paths against benches/gate-baseline.json (fails past 3%).
+step "performance gate"
+scripts/perf-gate.sh
 
 echo "test.sh: all checks passed" >&2

@@ -56,6 +56,7 @@ impl Executor<'_> {
         cancel: &AtomicBool,
     ) -> Result<Digest> {
         let (name, digest) = (&job.artifact.name, job.digest);
+        let _span = tracing::info_span!("artifact", name = %name, digest = %digest.short()).entered();
         let t = Instant::now();
         events(Event::Started { name: name.clone(), digest });
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
@@ -64,7 +65,7 @@ impl Executor<'_> {
             if cancel.load(Ordering::SeqCst) {
                 return Err(Error::Cancelled);
             }
-            self.publish(job, &ws.join("output"), events)
+            tracing::info_span!("publish").in_scope(|| self.publish(job, &ws.join("output"), events))
         });
         match &result {
             Ok(_) => {
@@ -92,6 +93,7 @@ impl Executor<'_> {
         (self.published)(&job.digest);
         tracing::info!(artifact = %a.name, digest = %job.digest, output = %report.root, files = report.files, bytes = report.bytes, "published");
         if self.store.has_remote() {
+            let _span = tracing::info_span!("push").entered();
             let p = self
                 .store
                 .push(&job.digest.to_hex(), &|_, _| {})
@@ -105,6 +107,7 @@ impl Executor<'_> {
     fn run_in(&self, job: &Job<'_>, ws: &Path, events: &(dyn Fn(Event) + Sync), cancel: &AtomicBool) -> Result<()> {
         let a = job.artifact;
         let (root, work, out) = (ws.join("root"), ws.join("workspace"), ws.join("output"));
+        let workspace = tracing::info_span!("workspace").entered();
         for d in [&root, &work, &out, &work.join(".vorpal")] {
             fs::create_dir_all(d).at(d)?;
         }
@@ -156,9 +159,11 @@ impl Executor<'_> {
         };
         let spec_path = ws.join("sandbox.json");
         fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serializes")).at(&spec_path)?;
+        drop(workspace);
         let log = self.cfg.log_dir.join(format!("{}.log", job.digest));
         let on_line = |line: String| events(Event::Log { name: a.name.clone(), line });
-        let end = process::run(&self.cfg.helper, &spec_path, &log, a.timeout, &on_line, cancel)
+        let end = tracing::info_span!("sandbox")
+            .in_scope(|| process::run(&self.cfg.helper, &spec_path, &log, a.timeout, &on_line, cancel))
             .map_err(|source| Error::Process { name: a.name.clone(), source })?;
         match end {
             End::Succeeded => Ok(()),

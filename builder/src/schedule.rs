@@ -42,6 +42,43 @@ pub enum Ran {
     NotRun(NotRun),
 }
 
+/// The ready queue: which artifacts of a set may start (what they need in the set is built),
+/// longest remaining chain first, then manifest order.
+pub struct Queue<'g> {
+    graph: &'g Graph,
+    to_run: &'g [bool],
+    prio: Vec<usize>,
+    pending: Vec<usize>,
+    ready: BinaryHeap<(usize, std::cmp::Reverse<usize>)>,
+}
+
+impl<'g> Queue<'g> {
+    pub fn new(graph: &'g Graph, to_run: &'g [bool]) -> Queue<'g> {
+        let n = graph.len();
+        let prio = graph.priorities(to_run);
+        let pending: Vec<usize> = (0..n).map(|i| graph.needs(i).iter().filter(|&&d| to_run[d]).count()).collect();
+        let ready = (0..n).filter(|&i| to_run[i] && pending[i] == 0).map(|i| (prio[i], std::cmp::Reverse(i))).collect();
+        Queue { graph, to_run, prio, pending, ready }
+    }
+
+    /// The next artifact to start, if one is ready.
+    pub fn pop(&mut self) -> Option<usize> {
+        self.ready.pop().map(|(_, std::cmp::Reverse(i))| i)
+    }
+
+    /// `i` was built: what needed only it (in the set) becomes ready.
+    pub fn built(&mut self, i: usize) {
+        for &j in self.graph.dependents(i) {
+            if self.to_run[j] {
+                self.pending[j] -= 1;
+                if self.pending[j] == 0 {
+                    self.ready.push((self.prio[j], std::cmp::Reverse(j)));
+                }
+            }
+        }
+    }
+}
+
 /// Runs every artifact `i` with `to_run[i]` (a set whose needs outside it are already built).
 /// `on_end` is called as each ends, on the scheduling thread. Returns how each ended (`None`
 /// for those not in `to_run`).
@@ -56,17 +93,14 @@ pub fn run(
 ) -> Vec<Option<Ran>> {
     let n = graph.len();
     let t0 = Instant::now();
-    let prio = graph.priorities(to_run);
-    let mut pending: Vec<usize> = (0..n).map(|i| graph.needs(i).iter().filter(|&&d| to_run[d]).count()).collect();
-    let mut ready: BinaryHeap<(usize, std::cmp::Reverse<usize>)> =
-        (0..n).filter(|&i| to_run[i] && pending[i] == 0).map(|i| (prio[i], std::cmp::Reverse(i))).collect();
+    let mut queue = Queue::new(graph, to_run);
     let mut ends: Vec<Option<Ran>> = (0..n).map(|_| None).collect();
     let (tx, rx) = crossbeam_channel::unbounded::<(usize, f64, f64, Result<Digest>)>();
     let (mut running, mut stopped) = (0usize, false);
     std::thread::scope(|s| {
         loop {
             while !stopped && running < jobs.max(1) && !cancel.load(Ordering::SeqCst) {
-                let Some((_, std::cmp::Reverse(i))) = ready.pop() else { break };
+                let Some(i) = queue.pop() else { break };
                 running += 1;
                 let tx = tx.clone();
                 s.spawn(move || {
@@ -82,16 +116,7 @@ pub fn run(
             running -= 1;
             on_end(i, &result);
             match &result {
-                Ok(_) => {
-                    for &j in graph.dependents(i) {
-                        if to_run[j] {
-                            pending[j] -= 1;
-                            if pending[j] == 0 {
-                                ready.push((prio[j], std::cmp::Reverse(j)));
-                            }
-                        }
-                    }
-                }
+                Ok(_) => queue.built(i),
                 Err(_) if !keep_going => stopped = true,
                 Err(_) => {}
             }

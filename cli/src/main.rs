@@ -35,7 +35,11 @@ use daemon::client;
 use daemon::protocol::Request;
 use settings::Settings;
 
-fn init_logging(verbose: u8) {
+/// Logs on stderr, filtered by `-v` or `RUST_LOG`. With `VORPALFS_TRACE=FILE`, also a timeline
+/// of every span (ingest stages, FUSE operations, S3 fetches, build phases) in Chrome's trace
+/// format, written when the process exits: open it in chrome://tracing or ui.perfetto.dev.
+fn init_logging(verbose: u8, daemon: bool) -> Option<tracing_chrome::FlushGuard> {
+    use tracing_subscriber::prelude::*;
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -44,7 +48,23 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter);
+    let (chrome, guard) = match std::env::var_os("VORPALFS_TRACE").filter(|v| !v.is_empty()) {
+        Some(path) => {
+            // A daemon started by a traced command writes its own file beside the command's.
+            let path = if daemon { format!("{}.daemon.json", path.to_string_lossy()).into() } else { path };
+            let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new().file(path).include_args(true).build();
+            let only_ours = tracing_subscriber::filter::Targets::new()
+                .with_target("vorpalfs", tracing::Level::TRACE)
+                .with_target("vorpalfs_store", tracing::Level::TRACE)
+                .with_target("vorpalfs_fs", tracing::Level::TRACE)
+                .with_target("vorpalfs_builder", tracing::Level::TRACE);
+            (Some(layer.with_filter(only_ours)), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(fmt).with(chrome).init();
+    guard
 }
 
 /// Prints an error and its causes, the way every command reports failure.
@@ -129,7 +149,8 @@ fn main() -> ExitCode {
         vorpalfs_builder::sandbox::helper_main(&spec);
     }
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let daemon = matches!(&cli.command, Command::Mount(m) if m.foreground);
+    let _trace = init_logging(cli.verbose, daemon);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

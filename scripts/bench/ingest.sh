@@ -11,6 +11,7 @@
 # of the pipelines, not of the disk.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/record.sh
 
 tree="${1:-$(rustc --print sysroot)}"
 work="${BENCH_DIR:-/var/tmp/vorpalfs-bench}"
@@ -69,10 +70,19 @@ for t in vorpalfs vorpal casync; do
   printf '%-24s %8s %6s %8s %12s %12s %16sx\n' "$label" "${secs[$t]}" "$(mbs "${secs[$t]}")" "${cpu[$t]}" "$((rss[$t] / 1024))" "$st" "$(ratio "${secs[$t]}" "${secs[vorpalfs]}")"
 done
 
+record ingest vorpalfs_seconds "${secs[vorpalfs]}" s
+record ingest vs_vorpal_pipeline "${secs[vorpalfs]}" s "$(ratio "${secs[vorpal]}" "${secs[vorpalfs]}")"
+record ingest vs_casync_make "${secs[vorpalfs]}" s "$(ratio "${secs[casync]}" "${secs[vorpalfs]}")"
+record ingest vorpalfs_cpu_seconds "${cpu[vorpalfs]}" s
+record ingest vorpalfs_peak_rss "$((rss[vorpalfs] / 1024))" MiB
+record ingest vorpalfs_stored_bytes "$stored_v" bytes
+
 if [ "$big_gib" != 0 ]; then
   mkdir -p "$work/big"
   head -c "$((big_gib << 30))" /dev/urandom > "$work/big/file.bin"
   measure big 'rm -rf "$work/bstore"' "$bin" --store-dir "$work/bstore" store add "$work/big"
   printf '\none %s GiB file: %s s, peak RSS %s MiB\n' "$big_gib" "${secs[big]}" "$((rss[big] / 1024))"
+  record ingest big_file_seconds "${secs[big]}" s
+  record ingest big_file_peak_rss "$((rss[big] / 1024))" MiB
 fi
 rm -rf "$work"

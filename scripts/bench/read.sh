@@ -13,6 +13,7 @@
 # Needs root (drop_caches, mounts). Prints a table and ratios against native.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/record.sh
 
 tree="$(realpath "${1:-$(rustc --print sysroot)}")"
 work="${BENCH_DIR:-/var/tmp/vorpalfs-bench-read}"
@@ -92,6 +93,11 @@ for n in "${names[@]}"; do
   printf '%-12s first read %sx, re-read %sx, first walk %sx, second walk %sx\n' "$n" \
     "$(ratio "${first[$n]}" "${first[native]}")" "$(ratio "${reread[$n]}" "${reread[native]}")" \
     "$(ratio "${walk1[$n]}" "${walk1[native]}")" "$(ratio "${walk2[$n]}" "${walk2[native]}")"
+done
+for f in first reread walk1 walk2 ttfb; do
+  declare -n fig=$f
+  # The ratio is native's time over vorpalfs's: 1.00 is as fast as the local disk.
+  record read "vorpalfs_$f" "${fig[vorpalfs]}" s "$(ratio "${fig[vorpalfs]}" "${fig[native]}")"
 done
 [ -n "${walk1[squashfuse]:-}" ] && printf 'vorpalfs first walk vs squashfuse: %sx faster\n' "$(ratio "${walk1[vorpalfs]}" "${walk1[squashfuse]}")"
 true

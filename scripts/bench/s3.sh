@@ -20,6 +20,7 @@
 #   BIG_FILE_GIB=0 skips the 4 GiB file; READERS=N sets the parallelism of (a) and (d).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/bench/record.sh
 tree="${1:-$(rustc --print sysroot)}"
 server="${S3_SERVER:-s3s}"
 big_gib="${BIG_FILE_GIB:-4}"
@@ -90,6 +91,8 @@ echo "sample: $(wc -l < "$work/sample") files, $sample_bytes bytes; $readers rea
 d=$(VORPALFS_STORE_DIR="$work/a" "$B" store add "$tree" 2>/dev/null)
 t0=$(now); VORPALFS_STORE_DIR="$work/a" /usr/bin/time -v "$B" push "$d" 2>"$work/push.time" >/dev/null; t1=$(now)
 echo "push: $(sec "$t0" "$t1") s, peak RSS $(rss "$work/push.time") MiB"
+record s3 push_seconds "$(sec "$t0" "$t1")" s
+record s3 push_peak_rss "$(rss "$work/push.time")" MiB
 
 # (c) the Vorpal way: one archive at zstd's default level, downloaded whole, then unpacked.
 tar -C "$tree" -cf - . | zstd -q -3 -T0 -o "$work/tree.tar.zst"
@@ -100,6 +103,7 @@ t0=$(now); s3py get tree.tar.zst "$work/dl.tar.zst"; t1=$(now)
 mkdir "$work/unpacked"; zstd -q -d -c "$work/dl.tar.zst" | tar -C "$work/unpacked" -xf -; t2=$(now)
 archive=$(stat -c %s "$work/dl.tar.zst")
 c=$(sec "$t0" "$t2")
+record s3 vorpal_way_seconds "$c" s
 echo "(c) Vorpal way: $c s (download $(sec "$t0" "$t1") s + unpack $(sec "$t1" "$t2") s), $archive bytes transferred"
 rm -rf "$work/unpacked" "$work/dl.tar.zst"
 
@@ -113,6 +117,8 @@ for n in "$readers" 1; do
   pid=$(VORPALFS_STORE_DIR="$work/b" "$B" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
   t=$(sec "$t0" "$t1"); [ "$n" = "$readers" ] && a=$t
   echo "(a) vorpalfs lazy, 5% of files, $n reader(s): $t s, $gets GETs, $bytes bytes transferred, daemon peak RSS $(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status") MiB -> $(ratio "$c" "$t")x faster than (c)"
+  record s3 "lazy_sample_${n}_readers" "$t" s "$(ratio "$c" "$t")"
+  record s3 "lazy_sample_${n}_readers_gets" "$gets" requests
   VORPALFS_STORE_DIR="$work/b" "$B" umount >/dev/null
 done
 
@@ -121,6 +127,8 @@ cold
 t0=$(now); VORPALFS_STORE_DIR="$work/c" /usr/bin/time -v "$B" --json pull "$d" 2>"$work/pull.time" >"$work/pull.json"; t1=$(now)
 b=$(sec "$t0" "$t1")
 stored=$(du -sb "$work/c/packs" | cut -f1)
+record s3 pull_seconds "$b" s "$(ratio "$c" "$b")"
+record s3 pull_peak_rss "$(rss "$work/pull.time")" MiB
 echo "(b) vorpalfs pull: $b s, $stored bytes of packs fetched, peak RSS $(rss "$work/pull.time") MiB -> $(ratio "$c" "$b")x faster than (c)"
 
 # (d) rclone mount of the tree's files, one object each (uploaded first, not timed).
@@ -140,6 +148,7 @@ until mountpoint -q "$work/mnt-d"; do sleep 0.2; done
 cold
 t0=$(now); read_sample "$work/mnt-d" "$readers"; t1=$(now)
 dd=$(sec "$t0" "$t1")
+record s3 vs_rclone_mount "$a" s "$(ratio "$dd" "$a")"
 echo "(d) rclone mount, 5% of files: $dd s (at least $sample_bytes bytes transferred) -> vorpalfs (a) is $(ratio "$dd" "$a")x faster"
 fusermount3 -u "$work/mnt-d"
 
@@ -149,5 +158,7 @@ if [ "$big_gib" != 0 ]; then
   t0=$(now); VORPALFS_STORE_DIR="$work/d" /usr/bin/time -v "$B" push "$d4" 2>"$work/push4.time" >/dev/null; t1=$(now)
   rm -rf "$work/d"
   t2=$(now); VORPALFS_STORE_DIR="$work/e" /usr/bin/time -v "$B" pull "$d4" 2>"$work/pull4.time" >/dev/null; t3=$(now)
+  record s3 big_file_push_peak_rss "$(rss "$work/push4.time")" MiB
+  record s3 big_file_pull_peak_rss "$(rss "$work/pull4.time")" MiB
   echo "$big_gib GiB file: push $(sec "$t0" "$t1") s, peak RSS $(rss "$work/push4.time") MiB; pull $(sec "$t2" "$t3") s, peak RSS $(rss "$work/pull4.time") MiB"
 fi

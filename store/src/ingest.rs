@@ -223,6 +223,7 @@ impl Run<'_> {
 
 impl Worker<'_, '_> {
     fn read_file(&mut self, path: &Path, tx: &Sender<NewChunk>) -> Result<FileOut> {
+        let _span = tracing::trace_span!("file", path = %path.display()).entered();
         let run = self.run;
         let f = File::open(path).at(path)?;
         let before = f.metadata().at(path)?;
@@ -276,7 +277,8 @@ impl Worker<'_, '_> {
 
     /// Compresses a chunk and appends it to this worker's pack, sealing the pack when full.
     fn store(&mut self, id: Digest, data: &[u8]) -> Result<()> {
-        let (codec, bytes) = encode_chunk(&mut self.z, data);
+        let (codec, bytes) =
+            tracing::trace_span!("compress", len = data.len()).in_scope(|| encode_chunk(&mut self.z, data));
         let pack = match &mut self.pack {
             Some(p) => p,
             None => {
@@ -343,10 +345,11 @@ impl Store {
         if !meta.is_dir() {
             return Err(Error::NotADirectory { path: src.into() });
         }
+        let _span = tracing::info_span!("ingest", src = %src.display()).entered();
         let t0 = std::time::Instant::now();
         let mut report = IngestReport::default();
         let mut jobs = Vec::new();
-        let root_node = walk(src, src, keep, &mut jobs, &mut report)?;
+        let root_node = tracing::info_span!("walk").in_scope(|| walk(src, src, keep, &mut jobs, &mut report))?;
         tracing::debug!(files = jobs.len(), elapsed = ?t0.elapsed(), "walked");
         // Large files first, so that none is left for one worker at the end while the other
         // cores idle; the rest in walk order, so that a directory's small files sit together in
@@ -370,10 +373,11 @@ impl Store {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let (tx, rx) = bounded::<NewChunk>(workers);
         let stored: Vec<Stored> = std::thread::scope(|s| {
+            let parent = tracing::Span::current();
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
-                    let (tx, rx, run) = (tx.clone(), rx.clone(), &run);
-                    s.spawn(move || run.work(tx, rx))
+                    let (tx, rx, run, parent) = (tx.clone(), rx.clone(), &run, parent.clone());
+                    s.spawn(move || tracing::info_span!(parent: &parent, "data").in_scope(|| run.work(tx, rx)))
                 })
                 .collect();
             drop((tx, rx));
@@ -407,7 +411,8 @@ impl Store {
                 batch.put_file(&out.digest, &out.record.encode());
             }
         }
-        let (root, _) = match self.build_trees(root_node, &outputs, &mut batch) {
+        let trees = tracing::info_span!("trees").in_scope(|| self.build_trees(root_node, &outputs, &mut batch));
+        let (root, _) = match trees {
             Ok(r) => r,
             Err(e) => {
                 self.discard_packs(&written);
@@ -419,7 +424,7 @@ impl Store {
             return Err(e);
         }
         tracing::debug!(ops = batch.len(), elapsed = ?t0.elapsed(), "committing");
-        if let Err(e) = self.commit(batch) {
+        if let Err(e) = tracing::info_span!("commit").in_scope(|| self.commit(batch)) {
             self.discard_packs(&written);
             return Err(e);
         }

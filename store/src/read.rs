@@ -85,6 +85,33 @@ impl Store {
         assemble(file, offset, want, first, &chunks).ok()
     }
 
+    /// [`Store::read`] from memory and the local packs only: `None` when a chunk must come
+    /// from S3 (or is damaged here and S3 may have it). Blocks on local disk, never on the
+    /// network.
+    pub fn read_here(&self, file: &FileRecord, offset: u64, len: usize) -> Result<Option<Bytes>> {
+        let Some((first, last, want)) = span(file, offset, len) else { return Ok(Some(Bytes::new())) };
+        let mut chunks = Vec::with_capacity(last - first + 1);
+        for i in first..=last {
+            let id = file.chunks[i].id;
+            if let Some(c) = self.chunk_cached(&id) {
+                chunks.push(c);
+                continue;
+            }
+            self.read.misses.fetch_add(1, Ordering::Relaxed);
+            match self.chunk_local(&id) {
+                Ok(Some(d)) => {
+                    self.chunks.insert(id, d.clone());
+                    chunks.push(d);
+                }
+                Ok(None) if self.remote.is_some() => return Ok(None),
+                Ok(None) => return Err(Error::Missing { what: "chunk", digest: id }),
+                Err(_) if self.remote.is_some() => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        assemble(file, offset, want, first, &chunks).map(Some)
+    }
+
     /// [`Store::read`] on the I/O runtime: for callers that must not block (the mount).
     pub fn read_async(
         self: &Arc<Self>,

@@ -102,6 +102,7 @@ impl Store {
 
     /// Checks a root fetched from S3 and records it with its metadata, in one commit.
     fn record_remote_root(&self, r: RemoteRoot) -> Result<Resolved> {
+        let _span = tracing::debug_span!("record_remote_root", name = r.name).entered();
         // From "is this tree/file here?" to the commit: gc must not remove what is reused.
         let _writer = self.gc_lock.read().unwrap();
         let mut batch = Batch::default();
@@ -200,6 +201,9 @@ impl Store {
     /// Fetches chunk `i` of `file` (and its readahead) from S3, blocking. `None`: not in S3.
     pub(crate) fn fetch_blocking(&self, file: &FileRecord, i: usize) -> Result<Option<Bytes>> {
         let Some(run) = self.fetch_plan(file, i)? else { return Ok(None) };
+        let _span =
+            tracing::debug_span!("fetch", chunks = run.chunks.len(), bytes = run.range().end - run.range().start)
+                .entered();
         let remote = self.remote_or_err()?;
         let bytes = remote.wait(remote.get_range(format::pack_key(&run.pack()), run.range()))?;
         self.accept_run(&run, bytes, false).map(Some)
@@ -209,7 +213,10 @@ impl Store {
     pub(crate) async fn fetch_async(self: &Arc<Self>, file: Arc<FileRecord>, i: usize) -> Result<Option<Bytes>> {
         let Some(run) = self.fetch_plan(&file, i)? else { return Ok(None) };
         let remote = self.remote_or_err()?;
-        let bytes = remote.get_range(format::pack_key(&run.pack()), run.range()).await?;
+        let span =
+            tracing::debug_span!("fetch", chunks = run.chunks.len(), bytes = run.range().end - run.range().start);
+        let bytes =
+            tracing::Instrument::instrument(remote.get_range(format::pack_key(&run.pack()), run.range()), span).await?;
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.accept_run(&run, bytes, false).map(Some))
             .await

@@ -1,0 +1,210 @@
+//! `vorpalfs-load`: a load generator for a mounted store (run by `scripts/bench/load.sh`).
+//!
+//! For a bounded time, N reader threads read 128 KiB at random offsets of random files of a
+//! tree in the mount (small and large), M stat threads `lstat` random paths, and a dropper
+//! empties the kernel's page, dentry and inode caches every few seconds so that requests keep
+//! reaching the daemon (the kernel otherwise answers repeats itself). Every call is timed. A
+//! sampler records the daemon's RSS and open file descriptors every second.
+//!
+//! Prints per-class latency percentiles (first read of a file: from the packs; later reads:
+//! from the daemon's memory or the page cache; stats) and the RSS and fd series as JSON lines on
+//! stdout, a table on stderr.
+//!
+//!     vorpalfs-load --tree DIR --pid DAEMON_PID [--readers 8] [--stats 2] [--seconds 600]
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            walk(&e.path(), out);
+        } else if ft.is_file() {
+            out.push((e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)));
+        }
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Latencies in microseconds, by class.
+#[derive(Default)]
+struct Lat {
+    first_read: Vec<u32>,
+    read: Vec<u32>,
+    stat: Vec<u32>,
+    errors: u64,
+    bytes: u64,
+}
+
+fn pct(v: &mut [u32], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(v[i]) / 1000.0
+}
+
+fn status(pid: u32) -> (u64, u64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+    (rss, fds)
+}
+
+fn main() {
+    let tree = PathBuf::from(arg("--tree").expect("--tree DIR"));
+    let pid: u32 = arg("--pid").expect("--pid DAEMON_PID").parse().expect("a pid");
+    let readers: usize = arg("--readers").map_or(8, |v| v.parse().expect("a number"));
+    let stats: usize = arg("--stats").map_or(2, |v| v.parse().expect("a number"));
+    let seconds: u64 = arg("--seconds").map_or(600, |v| v.parse().expect("a number"));
+    let drop_every: u64 = arg("--drop-every").map_or(3, |v| v.parse().expect("a number"));
+
+    let mut files = Vec::new();
+    walk(&tree, &mut files);
+    assert!(!files.is_empty(), "no files under {}", tree.display());
+    let files = Arc::new(files);
+    eprintln!("{} files under {}; {readers} readers, {stats} stat threads, {seconds} s", files.len(), tree.display());
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let lat = Arc::new(Mutex::new(Lat::default()));
+    let t0 = Instant::now();
+    let mut handles = Vec::new();
+    for r in 0..readers {
+        let (files, stop, seen, lat) = (files.clone(), stop.clone(), seen.clone(), lat.clone());
+        handles.push(std::thread::spawn(move || {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (r as u64 + 1));
+            let mut buf = vec![0u8; 128 << 10];
+            let mut mine = Lat::default();
+            while !stop.load(Ordering::Relaxed) {
+                let i = rng.below(files.len());
+                let (path, size) = &files[i];
+                let off = if *size > buf.len() as u64 { rng.next() % (size - buf.len() as u64) } else { 0 };
+                let first = seen.lock().unwrap().insert(i);
+                let t = Instant::now();
+                let r = File::open(path).and_then(|f| f.read_at(&mut buf, off));
+                let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                match r {
+                    Ok(n) => {
+                        mine.bytes += n as u64;
+                        if first { mine.first_read.push(us) } else { mine.read.push(us) }
+                    }
+                    Err(_) => mine.errors += 1,
+                }
+            }
+            let mut l = lat.lock().unwrap();
+            l.first_read.extend(mine.first_read);
+            l.read.extend(mine.read);
+            l.errors += mine.errors;
+            l.bytes += mine.bytes;
+        }));
+    }
+    for s in 0..stats {
+        let (files, stop, lat) = (files.clone(), stop.clone(), lat.clone());
+        handles.push(std::thread::spawn(move || {
+            let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ (s as u64 + 1));
+            let mut mine = Vec::new();
+            let mut errors = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (path, _) = &files[rng.below(files.len())];
+                let t = Instant::now();
+                match std::fs::symlink_metadata(path) {
+                    Ok(_) => mine.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                    Err(_) => errors += 1,
+                }
+            }
+            let mut l = lat.lock().unwrap();
+            l.stat.extend(mine);
+            l.errors += errors;
+        }));
+    }
+    {
+        let stop = stop.clone();
+        handles.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(drop_every));
+                let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        let (rss, fds) = status(pid);
+        samples.push((t0.elapsed().as_secs(), rss, fds));
+        println!(r#"{{"t":{},"daemon_rss_kib":{rss},"daemon_fds":{fds}}}"#, t0.elapsed().as_secs());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let mut l = lat.lock().unwrap();
+    let reads = l.first_read.len() + l.read.len();
+    eprintln!(
+        "{reads} reads ({:.0}/s, {:.0} MB/s), {} stats ({:.0}/s), {} errors",
+        reads as f64 / secs,
+        l.bytes as f64 / secs / 1e6,
+        l.stat.len(),
+        l.stat.len() as f64 / secs,
+        l.errors
+    );
+    eprintln!("{:<28} {:>8} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "p50", "p95", "p99", "max");
+    let errors = l.errors;
+    let Lat { first_read, read, stat, .. } = &mut *l;
+    for (name, v) in [("first read of a file", first_read), ("read 128 KiB", read), ("lstat", stat)] {
+        let (p50, p95, p99, max) = (pct(v, 0.5), pct(v, 0.95), pct(v, 0.99), pct(v, 1.0));
+        eprintln!("{name:<28} {:>8} {p50:>9.3} {p95:>9.3} {p99:>9.3} {max:>9.3}", v.len());
+        let key = name.replace(' ', "_");
+        println!(
+            r#"{{"class":"{key}","count":{},"p50_ms":{p50},"p95_ms":{p95},"p99_ms":{p99},"max_ms":{max}}}"#,
+            v.len()
+        );
+    }
+    // RSS after the first minute (caches warm) against the end: growth means a leak.
+    let warm = samples.iter().find(|s| s.0 >= 60).or(samples.first()).copied().unwrap_or_default();
+    let last = samples.last().copied().unwrap_or_default();
+    let max_fds = samples.iter().map(|s| s.2).max().unwrap_or(0);
+    eprintln!(
+        "daemon RSS: {} MiB at {} s, {} MiB at the end ({} s); open fds at most {max_fds}, {} at the end",
+        warm.1 / 1024,
+        warm.0,
+        last.1 / 1024,
+        last.0,
+        last.2
+    );
+    println!(
+        r#"{{"summary":true,"seconds":{secs:.1},"reads":{reads},"errors":{errors},"rss_warm_kib":{},"rss_end_kib":{},"fds_max":{max_fds},"fds_end":{}}}"#,
+        warm.1, last.1, last.2
+    );
+}
