@@ -17,6 +17,7 @@ packages=(
   diffutils findutils coreutils gawk tar   # diff -r, find, xargs, sha256sum, awk, tar in the tests
   curl bc zstd time # scripts/bench: readiness checks, arithmetic, the Vorpal pipeline, /usr/bin/time
   valgrind          # the performance gate counts instructions under callgrind
+  passwd            # useradd, usermod: the build users below
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -29,6 +30,21 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Build users: a root daemon runs build steps as unprivileged uids, the subordinate ids of the
+# system user `vorpalfs` (one per artifact running at once), never as root.
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+if ! id vorpalfs >/dev/null 2>&1; then
+  echo "setup: creating the system user vorpalfs (its subordinate ids are the build users)" >&2
+  $sudo useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vorpalfs
+fi
+first=1879048192; last=$((first + 65535))   # 0x70000000: far above login and container ranges
+for f in /etc/subuid /etc/subgid; do
+  if ! grep -q '^vorpalfs:' "$f" 2>/dev/null; then
+    opt=--add-subuids; [ "$f" = /etc/subgid ] && opt=--add-subgids
+    $sudo usermod "$opt" "$first-$last" vorpalfs
+  fi
+done
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found: install a Rust toolchain (1.88 or newer) with rustup first" >&2

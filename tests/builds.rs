@@ -357,7 +357,7 @@ fn bad_input_is_named_and_publishes_nothing() {
     let ok = b.project("ok", &artifact("a", "true"));
     b.build(&ok, &["nope"]).fails_with(&["unknown artifact `nope`"]);
     // No leftover workspaces.
-    assert_eq!(fs::read_dir(b.env.store.join("builds")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(b.env.builds_dir()).unwrap().count(), 0);
 }
 
 #[test]
@@ -479,7 +479,7 @@ fn kill_9_of_the_daemon_mid_build_publishes_nothing_and_a_rebuild_works() {
     // (At a new mountpoint: dropping the old `Mount` detaches its own.)
     b.mount = b.env.mount_at(&b.env.path("mnt2"));
     assert!(b.published().is_empty());
-    assert_eq!(fs::read_dir(b.env.store.join("builds")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(b.env.builds_dir()).unwrap().count(), 0);
     let ls = b.run(&["store", "ls"]);
     assert_eq!(ls.ok().trim(), "");
     // The same digest builds now; its step ends when its sleep is killed from outside.

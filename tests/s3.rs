@@ -277,3 +277,89 @@ fn two_hosts_on_one_bucket_build_a_digest_once() {
     assert_eq!(fs::read_to_string(Path::new(&pb).join("x")).unwrap(), "done\n");
     assert!(s3.keys("claim/claims/").is_empty(), "the claim is released");
 }
+
+/// A TCP endpoint that accepts connections and never answers (a blackholed S3).
+fn blackhole() -> (u16, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().take(64) {
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    (port, h)
+}
+
+#[test]
+fn unknown_names_on_a_blackholed_s3_do_not_stall_reads_of_local_roots() {
+    let (port, _hole) = blackhole();
+    let mut env = Env::new();
+    env.vars.push(("VORPALFS_S3".into(), "s3://nowhere/x".into()));
+    env.vars.push(("VORPALFS_S3_ENDPOINT".into(), format!("http://127.0.0.1:{port}")));
+    for (k, v) in S3Server::env() {
+        env.vars.push((k.into(), v.into()));
+    }
+    let src = env.path("src");
+    write(&src.join("f.txt"), b"local\n");
+    let digest = env.add(&src);
+    let m = env.mount();
+    // Eight lookups of names the store does not have: each waits on S3, which never answers.
+    let lookups: Vec<_> = (0..8)
+        .map(|i| {
+            let p = m.path(&format!("{:064x}", i + 1));
+            std::thread::spawn(move || fs::metadata(p).is_err())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop_caches();
+    let t = Instant::now();
+    assert_eq!(fs::read(m.path(&digest).join("f.txt")).unwrap(), b"local\n");
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(100), "a local read took {took:?} while lookups hung on S3");
+    for l in lookups {
+        assert!(l.join().unwrap(), "an unknown name was found");
+    }
+}
+
+#[test]
+fn a_decompression_bomb_index_neither_grows_the_daemon_nor_poisons_the_top_level() {
+    let s3 = S3Server::start();
+    let b = host(&s3, "bomb", None);
+    let src = b.path("src");
+    write(&src.join("f.txt"), b"fine\n");
+    let digest = b.add(&src);
+    // An index that claims a 60 MiB tree and then decompresses to a GiB more, in about a
+    // hundred kilobytes, and a root object naming it for a tree that exists nowhere.
+    let mut raw = b"VPFSIDX1".to_vec();
+    raw.extend_from_slice(&1u32.to_le_bytes());
+    raw.extend_from_slice(&[7u8; 32]);
+    raw.extend_from_slice(&(60u32 << 20).to_le_bytes());
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    std::io::Write::write_all(&mut enc, &raw).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1084 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 256 << 10, "{} bytes", bomb.len());
+    let index = blake3::hash(&bomb).to_hex().to_string();
+    let fake = format!("{:064x}", 0xbadu32);
+    s3.put(&format!("bomb/indexes/{index}"), &bomb);
+    s3.put(&format!("bomb/roots/{fake}"), format!("vorpalfs root v2\ntree {fake}\nindex {index}\n").as_bytes());
+
+    let m = b.mount();
+    let err = fs::metadata(m.path(&fake)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    let hwm = fs::read_to_string(format!("/proc/{}/status", m.pid())).unwrap();
+    let kib: u64 =
+        hwm.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(kib < 400 << 10, "the daemon's peak RSS reached {} MiB", kib >> 10);
+    // Nothing was recorded: the top level, `store ls` and `store stats` still work.
+    let names: Vec<_> = fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, [std::ffi::OsString::from(&digest)]);
+    assert!(b.run(["store", "ls"]).ok().contains(&digest));
+    b.run(["store", "stats"]).ok();
+    assert!(m.log().contains("refused what S3 holds for this name"), "{}", m.log());
+}

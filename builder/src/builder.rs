@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use vorpalfs_store::{Digest, Store};
+use vorpalfs_store::{Creds, Digest, Store};
 
 use crate::error::{Error, IoContext, Result};
 use crate::execute::{Config, Executor};
@@ -23,6 +23,7 @@ use crate::plan::Plan;
 use crate::recipe::Recipe;
 use crate::report::{Action, Event, Outcome, Planned, Report, Status};
 use crate::schedule::{self, NotRun, Ran, Runner};
+use crate::users::{NoBuildUsers, Pool};
 
 /// What one `build` asks for.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +38,20 @@ pub struct Options {
     pub dry_run: bool,
     /// Keep the workspace of a failed artifact.
     pub keep_failed: bool,
+    /// Whose rights the manifest and its local sources are read with (`None`: the daemon's own,
+    /// for a daemon run by that user).
+    pub creds: Option<Creds>,
+    /// Accept local sources outside the manifest's directory that are not readable by
+    /// everyone (they become readable by everyone through the mount).
+    pub allow_outside_sources: bool,
+}
+
+/// Runs `f` with `creds`' rights if any.
+pub(crate) fn as_client<T>(creds: Option<&Creds>, f: impl FnOnce() -> T) -> T {
+    match creds {
+        Some(c) => c.with(f),
+        None => f(),
+    }
 }
 
 /// One builder per store, shared by every build the daemon runs.
@@ -47,21 +62,41 @@ pub struct Builder {
     flights: Mutex<HashSet<Digest>>,
     landed: Condvar,
     published: Box<dyn Fn(&Digest) + Send + Sync>,
+    /// A root daemon's build users (an error when the host has none); `None` for a daemon run
+    /// by an ordinary user, which builds as itself.
+    users: Option<std::result::Result<Pool, NoBuildUsers>>,
 }
 
 impl Builder {
     /// `published` is called with each input digest as its result is committed (the mount uses
     /// it to drop a cached "no such entry").
     pub fn new(store: Arc<Store>, cfg: Config, published: Box<dyn Fn(&Digest) + Send + Sync>) -> Result<Builder> {
-        // Workspaces left by a builder that died with the store (we own it now) are garbage.
+        // Workspaces left by a builder that died with the store (we own it now) are garbage
+        // (a root daemon's are tmpfs mounts: detached first).
         if cfg.work_dir.exists() {
             for ent in fs::read_dir(&cfg.work_dir).at(&cfg.work_dir)?.flatten() {
+                let _ = nix::mount::umount2(&ent.path(), nix::mount::MntFlags::MNT_DETACH);
                 let _ = fs::remove_dir_all(ent.path());
             }
         }
-        fs::create_dir_all(&cfg.work_dir).at(&cfg.work_dir)?;
-        fs::create_dir_all(&cfg.log_dir).at(&cfg.log_dir)?;
-        Ok(Builder { store, cfg, flights: Mutex::new(HashSet::new()), landed: Condvar::new(), published })
+        // Builds run as other users below the builds directory: it is traversable, not listable;
+        // each workspace is its build user's alone. Logs are private.
+        if let Some(parent) = cfg.work_dir.parent()
+            && !parent.exists()
+        {
+            fs::create_dir_all(parent).at(parent)?;
+            fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o711)).at(parent)?;
+        }
+        for (dir, mode) in [(&cfg.work_dir, 0o711), (&cfg.log_dir, 0o700)] {
+            fs::create_dir_all(dir).at(dir)?;
+            fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).at(dir)?;
+        }
+        // SAFETY: geteuid has no preconditions.
+        let users = (unsafe { libc::geteuid() } == 0).then(Pool::system);
+        if let Some(Err(e)) = &users {
+            tracing::warn!("{e}");
+        }
+        Ok(Builder { store, cfg, flights: Mutex::new(HashSet::new()), landed: Condvar::new(), published, users })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -73,9 +108,11 @@ impl Builder {
         self.cfg.mountpoint.join(digest.to_hex())
     }
 
-    /// The recipes of every artifact of a manifest (sources are hashed into the store).
-    pub fn recipes(&self, m: &Manifest) -> Result<Vec<Recipe>> {
-        let plan = Plan::new(&self.store, &self.cfg.work_dir, m, &vec![true; m.artifacts.len()])?;
+    /// The recipes of every artifact of a manifest (sources are hashed into the store, read
+    /// with `creds`' rights).
+    pub fn recipes(&self, m: &Manifest, creds: Option<&Creds>) -> Result<Vec<Recipe>> {
+        let access = crate::sources::Access { creds, allow_outside: false };
+        let plan = Plan::new(&self.store, &self.cfg.work_dir, m, &vec![true; m.artifacts.len()], access)?;
         Ok(plan.into_recipes().into_iter().flatten().collect())
     }
 
@@ -104,13 +141,15 @@ impl Builder {
         cancel: &AtomicBool,
     ) -> Result<Report> {
         let t0 = Instant::now();
-        let m = manifest::load(&manifest::locate(path)?)?;
+        // Read with the client's rights: a manifest is the client's file, never root's.
+        let m = as_client(opts.creds.as_ref(), || manifest::load(&manifest::locate(path)?))?;
         let n = m.artifacts.len();
         let mut requested = vec![opts.targets.is_empty(); n];
         for t in &opts.targets {
             requested[m.find(t).ok_or_else(|| Error::UnknownArtifact(t.clone()))?] = true;
         }
-        let plan = Plan::new(&self.store, &self.cfg.work_dir, &m, &m.graph.closure(&requested))?;
+        let access = crate::sources::Access { creds: opts.creds.as_ref(), allow_outside: opts.allow_outside_sources };
+        let plan = Plan::new(&self.store, &self.cfg.work_dir, &m, &m.graph.closure(&requested), access)?;
         let actions = plan.actions(&requested, opts.rebuild, |d| Ok(self.find_result(d)?.is_some()))?;
         let in_plan: Vec<usize> = m.graph.order().iter().copied().filter(|&i| actions[i].is_some()).collect();
         events(Event::Plan {
@@ -300,7 +339,12 @@ impl Runner for ArtifactRunner<'_> {
         let r = match b.claim(&a.name, a.timeout, &job.digest, self.events, self.cancel) {
             Ok(Claim::Theirs(tree)) => Ok(tree),
             Ok(Claim::Ours) => {
-                let ex = Executor { store: &b.store, cfg: &b.cfg, published: b.published.as_ref() };
+                let users = match &b.users {
+                    Some(Ok(pool)) => Some(pool),
+                    Some(Err(e)) => return Err(Error::NoBuildUsers(crate::users::NoBuildUsers { file: e.file })),
+                    None => None,
+                };
+                let ex = Executor { store: &b.store, cfg: &b.cfg, published: b.published.as_ref(), users };
                 let r = ex.execute(&job, self.opts.keep_failed, self.events, self.cancel);
                 if b.store.has_remote()
                     && let Err(e) = b.store.release(&job.digest.to_hex())

@@ -40,6 +40,9 @@ pub enum Error {
     #[error("build cancelled")]
     Cancelled,
 
+    #[error(transparent)]
+    NoBuildUsers(#[from] crate::users::NoBuildUsers),
+
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 

@@ -14,19 +14,53 @@ use crate::error::{Error, IoContext, Result};
 use crate::plan::Job;
 use crate::process::{self, End};
 use crate::report::Event;
-use crate::sandbox::{self, BASE_PATH, HelperStatus, StepSpec, WORKSPACE};
+use crate::sandbox::{self, BASE_PATH, HelperStatus, Limits, StepSpec, WORKSPACE};
+use crate::users::{BuildUser, Pool};
 
 /// Where a builder keeps its files and finds its helper.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Where the store is mounted on the host (deps are bound from here).
     pub mountpoint: PathBuf,
-    /// Scratch space for workspaces (on the store's filesystem).
+    /// Where running artifacts' workspaces are (each a tmpfs for a root daemon).
     pub work_dir: PathBuf,
     /// One log per artifact, `<input digest>.log`, kept after the build.
     pub log_dir: PathBuf,
     /// The executable that runs `__sandbox <spec>` (the `vorpalfs` binary).
     pub helper: PathBuf,
+    /// What a step may use.
+    pub limits: Limits,
+    /// Size of a running artifact's workspace and output together (a tmpfs, for a root
+    /// daemon: a step cannot fill the store's disk).
+    pub build_space: u64,
+}
+
+impl Config {
+    /// The builder's places for a store in `store_dir` served at `mountpoint`.
+    pub fn new(store_dir: &Path, mountpoint: &Path) -> Config {
+        // Half the memory: the workspace is a tmpfs, and a build needs memory besides.
+        // SAFETY: sysconf has no preconditions.
+        let memory = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) as u64 * libc::sysconf(libc::_SC_PAGESIZE) as u64 };
+        // SAFETY: geteuid has no preconditions.
+        let work_dir = if unsafe { libc::geteuid() } == 0 {
+            // Build users must reach their workspaces: not below the store directory, whose
+            // parents may be closed to them, but below /run/vorpalfs (traversable, not
+            // listable), one directory per store.
+            let id = blake3::hash(store_dir.as_os_str().as_encoded_bytes()).to_hex();
+            PathBuf::from("/run/vorpalfs").join(format!("builds-{}", &id[..16]))
+        } else {
+            store_dir.join("builds")
+        };
+        Config {
+            mountpoint: mountpoint.to_path_buf(),
+            work_dir,
+            log_dir: store_dir.join("logs"),
+            // Not current_exe(): that path is gone if the binary was replaced while we run.
+            helper: PathBuf::from("/proc/self/exe"),
+            limits: Limits::default(),
+            build_space: (memory / 2).max(1 << 30),
+        }
+    }
 }
 
 /// What running an artifact needs from the builder.
@@ -35,6 +69,45 @@ pub(crate) struct Executor<'a> {
     pub cfg: &'a Config,
     /// Told each input digest as its result is committed.
     pub published: &'a (dyn Fn(&Digest) + Send + Sync),
+    /// The build users (`None` for a daemon run by an ordinary user: its own uid).
+    pub users: Option<&'a Pool>,
+}
+
+/// A running artifact's workspace: for a root daemon a tmpfs of `build_space` bytes owned by
+/// the build user, unmounted and removed when dropped (unless kept).
+struct Workspace {
+    dir: PathBuf,
+    mounted: bool,
+    keep: bool,
+}
+
+impl Workspace {
+    fn create(dir: PathBuf, user: &BuildUser, cfg: &Config, tmpfs: bool) -> Result<Workspace> {
+        fs::create_dir(&dir).at(&dir)?;
+        let mut ws = Workspace { dir, mounted: false, keep: false };
+        if tmpfs {
+            let opts = format!("size={},mode=0700,uid={},gid={}", cfg.build_space, user.uid, user.gid);
+            let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
+            nix::mount::mount(Some("vorpalfs-build"), &ws.dir, Some("tmpfs"), flags, Some(opts.as_str()))
+                .map_err(|e| Error::Io { path: ws.dir.clone(), source: std::io::Error::from(e) })?;
+            ws.mounted = true;
+        }
+        Ok(ws)
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if self.mounted
+            && let Err(e) = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(workspace = %self.dir.display(), "cannot unmount: {e}");
+        }
+        remove_workspace(&self.dir);
+    }
 }
 
 fn store_path(d: &Digest) -> String {
@@ -60,23 +133,32 @@ impl Executor<'_> {
         let t = Instant::now();
         events(Event::Started { name: name.clone(), digest });
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let ws = self.cfg.work_dir.join(format!("{}-{nanos}", digest.short()));
-        let result = self.run_in(job, &ws, events, cancel).and_then(|()| {
-            if cancel.load(Ordering::SeqCst) {
-                return Err(Error::Cancelled);
+        let user = match self.users {
+            Some(pool) => pool.take(),
+            None => BuildUser::myself(),
+        };
+        let result = Workspace::create(
+            self.cfg.work_dir.join(format!("{}-{nanos}", digest.short())),
+            &user,
+            self.cfg,
+            self.users.is_some(),
+        )
+        .and_then(|mut ws| {
+            let r = self.run_in(job, &ws.dir, &user, events, cancel).and_then(|()| {
+                if cancel.load(Ordering::SeqCst) {
+                    return Err(Error::Cancelled);
+                }
+                tracing::info_span!("publish").in_scope(|| self.publish(job, &ws.dir.join("output"), events))
+            });
+            if r.is_err() && keep_failed {
+                ws.keep = true;
+                tracing::warn!(artifact = %name, workspace = %ws.dir.display(), "kept the failed workspace");
+                events(Event::Log { name: name.clone(), line: format!("(workspace kept at {})", ws.dir.display()) });
             }
-            tracing::info_span!("publish").in_scope(|| self.publish(job, &ws.join("output"), events))
+            r
         });
-        match &result {
-            Ok(_) => {
-                events(Event::Built { name: name.clone(), digest, seconds: t.elapsed().as_secs_f64() });
-                remove_workspace(&ws);
-            }
-            Err(_) if keep_failed && ws.exists() => {
-                tracing::warn!(artifact = %name, workspace = %ws.display(), "kept the failed workspace");
-                events(Event::Log { name: name.clone(), line: format!("(workspace kept at {})", ws.display()) });
-            }
-            Err(_) => remove_workspace(&ws),
+        if result.is_ok() {
+            events(Event::Built { name: name.clone(), digest, seconds: t.elapsed().as_secs_f64() });
         }
         result
     }
@@ -103,16 +185,28 @@ impl Executor<'_> {
         Ok(report.root)
     }
 
-    /// Prepares the workspace and runs the steps in the sandbox.
-    fn run_in(&self, job: &Job<'_>, ws: &Path, events: &(dyn Fn(Event) + Sync), cancel: &AtomicBool) -> Result<()> {
+    /// Prepares the workspace (owned by the build user) and runs the steps in the sandbox.
+    fn run_in(
+        &self,
+        job: &Job<'_>,
+        ws: &Path,
+        user: &BuildUser,
+        events: &(dyn Fn(Event) + Sync),
+        cancel: &AtomicBool,
+    ) -> Result<()> {
         let a = job.artifact;
         let (root, work, out) = (ws.join("root"), ws.join("workspace"), ws.join("output"));
         let workspace = tracing::info_span!("workspace").entered();
+        let owner = (Some(nix::unistd::Uid::from_raw(user.uid)), Some(nix::unistd::Gid::from_raw(user.gid)));
         for d in [&root, &work, &out, &work.join(".vorpal")] {
             fs::create_dir_all(d).at(d)?;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).at(d)?;
+            nix::unistd::chown(d, owner.0, owner.1).map_err(|e| Error::Io { path: d.clone(), source: e.into() })?;
         }
+        // Written as the build user: its files, for its steps to change.
+        let creds = vorpalfs_store::Creds { uid: user.uid, gid: user.gid, groups: Vec::new() };
         for s in &job.recipe.sources {
-            self.store.export(&s.tree, &work.join("source").join(&s.name))?;
+            self.store.export_as(&s.tree, &work.join("source").join(&s.name), Some(&creds))?;
         }
         let mut env: Vec<(String, String)> = vec![
             ("VORPAL_OUTPUT".into(), store_path(&job.digest)),
@@ -142,6 +236,8 @@ impl Executor<'_> {
                 let file = work.join(".vorpal").join(format!("step-{}", n + 1));
                 fs::write(&file, script).at(&file)?;
                 fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).at(&file)?;
+                nix::unistd::chown(&file, owner.0, owner.1)
+                    .map_err(|e| Error::Io { path: file.clone(), source: e.into() })?;
                 argv.push(format!("{WORKSPACE}/.vorpal/step-{}", n + 1));
             }
             steps.push(StepSpec { argv, env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect() });
@@ -156,14 +252,17 @@ impl Executor<'_> {
             rootfs: job.rootfs.as_ref().map(mounted),
             env,
             steps,
+            limits: self.cfg.limits.clone(),
         };
         let spec_path = ws.join("sandbox.json");
         fs::write(&spec_path, serde_json::to_vec(&spec).expect("spec serializes")).at(&spec_path)?;
+        fs::set_permissions(&spec_path, fs::Permissions::from_mode(0o644)).at(&spec_path)?;
         drop(workspace);
         let log = self.cfg.log_dir.join(format!("{}.log", job.digest));
         let on_line = |line: String| events(Event::Log { name: a.name.clone(), line });
+        let run_as = self.users.is_some().then_some((user.uid, user.gid));
         let end = tracing::info_span!("sandbox")
-            .in_scope(|| process::run(&self.cfg.helper, &spec_path, &log, a.timeout, &on_line, cancel))
+            .in_scope(|| process::run(&self.cfg.helper, &spec_path, run_as, &log, a.timeout, &on_line, cancel))
             .map_err(|source| Error::Process { name: a.name.clone(), source })?;
         match end {
             End::Succeeded => Ok(()),

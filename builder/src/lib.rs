@@ -31,7 +31,8 @@ pub mod recipe;
 pub mod report;
 pub mod sandbox;
 pub mod schedule;
-mod sources;
+pub mod sources;
+pub mod users;
 
 pub use builder::{Builder, Options};
 pub use error::{Error, Result};
@@ -39,3 +40,4 @@ pub use execute::{Config, env_name};
 pub use manifest::Manifest;
 pub use recipe::Recipe;
 pub use report::{Action, Event, Outcome, Planned, Report, Status};
+pub use sandbox::Limits;

@@ -42,7 +42,13 @@ pub struct Job<'p> {
 
 impl<'m> Plan<'m> {
     /// Plans the artifacts `wanted` (closed under `needs`); downloads go under `scratch`.
-    pub fn new(store: &Store, scratch: &Path, m: &'m Manifest, wanted: &[bool]) -> Result<Plan<'m>> {
+    pub fn new(
+        store: &Store,
+        scratch: &Path,
+        m: &'m Manifest,
+        wanted: &[bool],
+        access: crate::sources::Access<'_>,
+    ) -> Result<Plan<'m>> {
         let mut needed = HashSet::new();
         for (i, a) in m.artifacts.iter().enumerate() {
             if wanted[i] {
@@ -52,7 +58,7 @@ impl<'m> Plan<'m> {
         let mut trees = HashMap::new();
         let mut pins = Vec::new();
         for s in needed {
-            let (tree, pin) = crate::sources::source_tree(store, m, s, scratch)?;
+            let (tree, pin) = crate::sources::source_tree(store, m, s, scratch, access)?;
             trees.insert(s, tree);
             pins.push(pin);
         }

@@ -1,5 +1,5 @@
-//! Running the sandbox helper: spawn it in its own process group, stream its output line by
-//! line into the log and to a callback, wait for it on its own thread, and kill its whole
+//! Running the sandbox helper: spawn it in its own process group as the build user, stream
+//! its output line by line into the log and to a callback, wait for it on its own thread, and kill its whole
 //! process tree on timeout or cancel. Every run ends in exactly one [`End`].
 
 use std::fs;
@@ -45,6 +45,7 @@ pub enum ProcessError {
 pub fn run(
     helper: &Path,
     spec: &Path,
+    run_as: Option<(u32, u32)>,
     log_path: &Path,
     timeout: Option<Duration>,
     on_line: &(dyn Fn(String) + Sync),
@@ -57,6 +58,10 @@ pub fn run(
     cmd.arg("__sandbox").arg(spec);
     cmd.stdin(Stdio::null()).stdout(out_w.try_clone().map_err(ProcessError::Pipe)?).stderr(out_w);
     cmd.env_clear().process_group(0);
+    if let Some((uid, gid)) = run_as {
+        // No supplementary groups, then this gid and uid, before the helper runs at all.
+        cmd.uid(uid).gid(gid);
+    }
     let status_fd = std::os::fd::AsRawFd::as_raw_fd(&status_w);
     // SAFETY: between fork and exec we only call async-signal-safe functions (dup2, prctl).
     unsafe {
@@ -64,7 +69,8 @@ pub fn run(
             if libc::dup2(status_fd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // If this thread goes away (the daemon killed), so does the build.
+            // If this thread goes away (the daemon killed), so does the build. (Set after the
+            // change of user, which clears it.)
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
             Ok(())
         });

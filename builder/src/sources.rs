@@ -1,18 +1,33 @@
 //! Sources into the store: a local path (a directory filtered by globs, or one file), or a URL
 //! downloaded once and remembered by its BLAKE3. Each comes back pinned: a source is named by
 //! no root, and gc must leave it until the build that uses it is over.
+//!
+//! Local sources are read with the client's rights. One inside the manifest's directory is
+//! taken as is; one outside it (an absolute path, `..`, a symlink leading out) only if
+//! everything in it is readable by everyone, unless the client allows it explicitly: what is
+//! stored is readable by every user through the mount, and a manifest nobody reviewed must not
+//! be able to publish its builder's private files.
 
 use std::fs;
 use std::path::Path;
 
-use vorpalfs_store::{Digest, Pin, Store};
+use vorpalfs_store::{Creds, Digest, Pin, Source, Store};
 
 use crate::error::{Error, IoContext, Result, SourceError};
 use crate::manifest::{Manifest, SourceKind};
 
+/// How sources may be read.
+#[derive(Clone, Copy, Default)]
+pub struct Access<'a> {
+    /// The client's rights (`None`: this process's own).
+    pub creds: Option<&'a Creds>,
+    /// Take local sources outside the manifest's directory even if not readable by everyone.
+    pub allow_outside: bool,
+}
+
 /// Puts source `s` of `m` into the store and returns its tree, pinned. `scratch` is a
 /// directory for downloads.
-pub fn source_tree(store: &Store, m: &Manifest, s: usize, scratch: &Path) -> Result<(Digest, Pin)> {
+pub fn source_tree(store: &Store, m: &Manifest, s: usize, scratch: &Path, access: Access<'_>) -> Result<(Digest, Pin)> {
     let src = &m.sources[s];
     let err = |source: SourceError| Error::Source { name: src.name.clone(), source };
     match &src.kind {
@@ -35,14 +50,17 @@ pub fn source_tree(store: &Store, m: &Manifest, s: usize, scratch: &Path) -> Res
                 move |source| err(SourceError::Path { path, source })
             };
             // A directory (or a symlink to one) is the tree; a single file becomes a tree
-            // holding just that file.
-            let meta = fs::metadata(path).map_err(path_err(path))?;
+            // holding just that file. Resolved with the client's rights.
+            let creds = access.creds;
+            let canon = |p: &Path| crate::builder::as_client(creds, || fs::canonicalize(p)).map_err(path_err(p));
+            let meta = crate::builder::as_client(creds, || fs::metadata(path)).map_err(path_err(path))?;
             let (dir, only) = if meta.is_dir() {
-                (fs::canonicalize(path).map_err(path_err(path))?, None)
+                (canon(path)?, None)
             } else {
                 let parent = path.parent().unwrap_or(Path::new("/"));
-                (fs::canonicalize(parent).map_err(path_err(parent))?, path.file_name().map(|f| f.to_os_string()))
+                (canon(parent)?, path.file_name().map(|f| f.to_os_string()))
             };
+            let inside = dir.starts_with(canon(&m.dir)?);
             let keep = |rel: &Path, is_dir: bool| {
                 if let Some(only) = &only {
                     return rel.as_os_str() == only.as_os_str();
@@ -53,9 +71,20 @@ pub fn source_tree(store: &Store, m: &Manifest, s: usize, scratch: &Path) -> Res
                 is_dir || inc.as_ref().is_none_or(|g| g.is_match(rel))
             };
             let filtered = only.is_some() || inc.is_some() || exc.is_some();
-            let (report, pin) = store
-                .ingest_pinned(&dir, if filtered { Some(&keep) } else { None })
-                .map_err(|e| err(SourceError::Store(e)))?;
+            let public_only = !inside && !access.allow_outside;
+            if public_only {
+                // The directory itself must be open to everyone too.
+                use std::os::unix::fs::PermissionsExt;
+                let mode = crate::builder::as_client(creds, || fs::metadata(&dir))
+                    .map_err(path_err(&dir))?
+                    .permissions()
+                    .mode();
+                if mode & 0o005 != 0o005 {
+                    return Err(err(SourceError::Store(vorpalfs_store::Error::NotPublic { path: dir })));
+                }
+            }
+            let src = Source { path: &dir, keep: if filtered { Some(&keep) } else { None }, creds, public_only };
+            let (report, pin) = store.ingest_pinned(src).map_err(|e| err(SourceError::Store(e)))?;
             Ok((report.root, pin))
         }
         SourceKind::Url { url, blake3 } => {

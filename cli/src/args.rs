@@ -30,6 +30,20 @@ pub struct Cli {
     #[arg(long, global = true, env = "VORPALFS_CACHE_SIZE", value_name = "SIZE", value_parser = parse_size)]
     pub cache_size: Option<u64>,
 
+    /// Memory for a running artifact's workspace and output (a tmpfs), e.g. 8G
+    /// [default: half the memory].
+    #[arg(long, global = true, env = "VORPALFS_BUILD_SPACE", value_name = "SIZE", value_parser = parse_size)]
+    pub build_space: Option<u64>,
+
+    /// Processes a running artifact may have at once.
+    #[arg(long, global = true, env = "VORPALFS_BUILD_PROCESSES", value_name = "N")]
+    pub build_processes: Option<u64>,
+
+    /// A group whose members may run the daemon's administrative commands (push, gc, store rm,
+    /// umount); root always may.
+    #[arg(long, global = true, env = "VORPALFS_ADMIN_GROUP", value_name = "GROUP")]
+    pub admin_group: Option<String>,
+
     /// Print data as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -133,6 +147,10 @@ pub struct BuildArgs {
     /// Keep the workspace of a failed artifact (its path is printed).
     #[arg(long)]
     pub keep_failed: bool,
+    /// Accept local sources outside the manifest's directory that are not readable by
+    /// everyone (everything stored is readable by every user through the mount).
+    #[arg(long)]
+    pub allow_outside_sources: bool,
 }
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]

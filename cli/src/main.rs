@@ -115,7 +115,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Some(conn) => client::forward(conn, &settings, Request::Inspect(args)),
             None => {
                 let store = std::sync::Arc::new(Store::open_with(&settings.store_dir, settings.store_options()?)?);
-                let cfg = settings::builder_config(&settings.store_dir, &settings.mountpoint);
+                let cfg = settings.builder_config(&settings.mountpoint);
                 let builder = vorpalfs_builder::Builder::new(store, cfg, Box::new(|_| {}))?;
                 let mut out = std::io::stdout().lock();
                 let code = commands::inspect::run(&builder, &settings, args, &mut out)?;
@@ -148,6 +148,10 @@ fn main() -> ExitCode {
         let spec = args.next().map(PathBuf::from).unwrap_or_default();
         vorpalfs_builder::sandbox::helper_main(&spec);
     }
+    // Everything the store writes is private (packs, the index, logs, the socket); what must be
+    // readable by others (the mountpoint, exported trees) gets its mode set explicitly.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     let daemon = matches!(&cli.command, Command::Mount(m) if m.foreground);
     let _trace = init_logging(cli.verbose, daemon);

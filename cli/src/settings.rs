@@ -18,6 +18,18 @@ pub struct Settings {
     pub s3_endpoint: Option<String>,
     /// Disk budget for data fetched from S3, in bytes.
     pub cache_size: Option<u64>,
+    /// A running artifact's workspace size and process limit (`None`: the builder's defaults).
+    pub build_space: Option<u64>,
+    pub build_processes: Option<u64>,
+    /// Members of this group may run the daemon's administrative commands (push, gc, rm,
+    /// umount) besides root.
+    pub admin_group: Option<String>,
+    /// Build: accept local sources outside the manifest's directory that are not readable by
+    /// everyone.
+    pub allow_outside_sources: bool,
+    /// Whose rights a command reads and writes the client's files with (set by the daemon for
+    /// each client; `None`: this process's own).
+    pub creds: Option<vorpalfs_store::Creds>,
 }
 
 impl Settings {
@@ -32,6 +44,11 @@ impl Settings {
             s3: cli.s3.clone().filter(|s| !s.is_empty()),
             s3_endpoint: cli.s3_endpoint.clone().filter(|s| !s.is_empty()),
             cache_size: cli.cache_size,
+            build_space: cli.build_space,
+            build_processes: cli.build_processes,
+            admin_group: cli.admin_group.clone().filter(|s| !s.is_empty()),
+            allow_outside_sources: false,
+            creds: None,
         }
     }
 
@@ -62,14 +79,17 @@ impl Settings {
     }
 }
 
-/// The builder's places for a store served at `mountpoint`.
-pub fn builder_config(store_dir: &Path, mountpoint: &Path) -> vorpalfs_builder::Config {
-    vorpalfs_builder::Config {
-        mountpoint: mountpoint.to_path_buf(),
-        work_dir: store_dir.join("builds"),
-        log_dir: store_dir.join("logs"),
-        // Not current_exe(): that path is gone if the binary was replaced while we run.
-        helper: PathBuf::from("/proc/self/exe"),
+impl Settings {
+    /// The builder's places and limits for this store served at `mountpoint`.
+    pub fn builder_config(&self, mountpoint: &Path) -> vorpalfs_builder::Config {
+        let mut c = vorpalfs_builder::Config::new(&self.store_dir, mountpoint);
+        if let Some(b) = self.build_space {
+            c.build_space = b;
+        }
+        if let Some(p) = self.build_processes {
+            c.limits.processes = p;
+        }
+        c
     }
 }
 

@@ -176,9 +176,13 @@ impl StoreFs {
                 Ok(Some((digest, size))) => Kind::Dir { digest, size },
                 Ok(None) => return reply.entry(&NEGATIVE_TTL, &negative_attr(), Generation(0)),
                 Err(e) => {
-                    // Logged (the remote layer says once when S3 goes away); the name is simply
-                    // not there, and is asked again at the next lookup.
-                    tracing::debug!(name, "lookup in S3 failed: {e}");
+                    // The name is simply not there, and is asked again at the next lookup. An
+                    // unreachable S3 was logged by the remote layer (once); a bad object is
+                    // worth a line of its own.
+                    match e {
+                        vorpalfs_store::Error::Remote { .. } => tracing::debug!(name, "lookup in S3 failed: {e}"),
+                        _ => tracing::warn!(name, "refused what S3 holds for this name: {e}"),
+                    }
                     return reply.error(Errno::ENOENT);
                 }
             };

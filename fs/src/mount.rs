@@ -87,6 +87,29 @@ pub fn detach(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Creates `path` and its missing parents with mode 0755, whatever the umask: every user reads
+/// the store through them.
+fn create_public_dirs(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut missing = Vec::new();
+    let mut p = Some(path);
+    while let Some(dir) = p {
+        if dir.exists() {
+            break;
+        }
+        missing.push(dir);
+        p = dir.parent();
+    }
+    for dir in missing.into_iter().rev() {
+        match std::fs::create_dir(dir) {
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Makes `path` ready to mount on: creates it, or replaces a stale FUSE mount (whose daemon
 /// died: `ENOTCONN`), and refuses a live mount.
 fn prepare(path: &Path) -> Result<(), FsError> {
@@ -106,7 +129,7 @@ fn prepare(path: &Path) -> Result<(), FsError> {
             detach(path).map_err(|source| FsError::Mountpoint { path: path.into(), source })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|source| FsError::Mountpoint { path: path.into(), source })
+            create_public_dirs(path).map_err(|source| FsError::Mountpoint { path: path.into(), source })
         }
         Err(source) => Err(FsError::Mountpoint { path: path.into(), source }),
     }

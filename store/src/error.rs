@@ -27,6 +27,9 @@ pub enum Error {
     #[error("{}: not a directory", path.display())]
     NotADirectory { path: PathBuf },
 
+    #[error("{}: not readable by everyone, and outside the manifest's directory: a build stores its sources where every user can read them (move it inside, or build with --allow-outside-sources)", path.display())]
+    NotPublic { path: PathBuf },
+
     #[error("{}: not a vorpalfs store (it is not empty and has no {marker} file)", path.display())]
     NotAStore { path: PathBuf, marker: &'static str },
 

@@ -19,9 +19,11 @@
 //! hand-offs and wake-ups and chunks compressed while still in cache (`scripts/bench/ingest.sh`).
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::ffi::OsStr;
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -35,6 +37,7 @@ use crate::model::chunker::Chunker;
 use crate::model::digest::{Digest, Kind};
 use crate::model::records::{ChunkRef, FileRecord, Locator};
 use crate::model::tree::{Entry, EntryKind, Tree};
+use crate::source::{self, Creds, as_client};
 use crate::store::{Pin, Store};
 
 /// Files at least this large are read first.
@@ -63,8 +66,12 @@ enum Node {
 }
 
 struct FileJob {
-    path: PathBuf,
+    /// Relative to the top of the source.
+    rel: PathBuf,
     size: u64,
+    /// Device and inode the walk saw: the file read must be this one.
+    dev: u64,
+    ino: u64,
 }
 
 struct FileOut {
@@ -78,17 +85,22 @@ struct NewChunk {
     data: Vec<u8>,
 }
 
-fn special_kind(ft: &fs::FileType) -> &'static str {
-    if ft.is_socket() {
-        "socket"
-    } else if ft.is_fifo() {
-        "FIFO"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_char_device() {
-        "character device"
-    } else {
-        "special file"
+fn special_kind(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFSOCK => "socket",
+        libc::S_IFIFO => "FIFO",
+        libc::S_IFBLK => "block device",
+        libc::S_IFCHR => "character device",
+        _ => "special file",
+    }
+}
+
+/// An error opening what the walk saw as a directory or a file: a symlink in its place (`ELOOP`,
+/// `ENOTDIR`: it was swapped since) is the tree changing under the ingest.
+fn changed(e: std::io::Error, path: PathBuf) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => Error::Changed { path },
+        _ => Error::io(path, e),
     }
 }
 
@@ -96,50 +108,99 @@ fn special_kind(ft: &fs::FileType) -> &'static str {
 /// whether it is a directory (a directory it refuses is not walked).
 pub type Filter<'a> = &'a (dyn Fn(&Path, bool) -> bool + Sync);
 
-fn walk(
-    top: &Path,
-    path: &Path,
-    keep: Option<Filter<'_>>,
-    jobs: &mut Vec<FileJob>,
-    report: &mut IngestReport,
-) -> Result<Node> {
-    let mut children = Vec::new();
-    for ent in fs::read_dir(path).at(path)? {
-        let ent = ent.at(path)?;
-        let p = ent.path();
-        let meta = fs::symlink_metadata(&p).at(&p)?;
-        let ft = meta.file_type();
-        if let Some(keep) = keep
-            && !keep(p.strip_prefix(top).unwrap_or(&p), ft.is_dir())
-        {
-            continue;
-        }
-        let node = if ft.is_dir() {
-            let node = walk(top, &p, keep, jobs, report)?;
-            // With a filter, a directory left empty by it is dropped.
-            if keep.is_some() && matches!(&node, Node::Dir(c) if c.is_empty()) {
+/// A directory to ingest: where it is, what of it to keep, and whose rights it is read with
+/// (see `source.rs`; `None`: this process's own).
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub path: &'a Path,
+    pub keep: Option<Filter<'a>>,
+    pub creds: Option<&'a Creds>,
+    /// Refuse anything not readable by everyone (a source outside the manifest's directory:
+    /// the mount shows what is stored to every user, so only what is already public may go
+    /// in without the user's explicit consent).
+    pub public_only: bool,
+}
+
+impl<'a> Source<'a> {
+    /// All of `path`, read with this process's rights.
+    pub fn own(path: &'a Path) -> Source<'a> {
+        Source { path, keep: None, creds: None, public_only: false }
+    }
+}
+
+/// The walk: metadata only, directory by directory from file descriptors.
+struct Walker<'a> {
+    top: &'a Path,
+    keep: Option<Filter<'a>>,
+    creds: Option<&'a Creds>,
+    public_only: bool,
+    jobs: Vec<FileJob>,
+    report: IngestReport,
+}
+
+impl Walker<'_> {
+    fn dir(&mut self, fd: &OwnedFd, rel: &Path) -> Result<Node> {
+        let creds = self.creds;
+        let names = as_client(creds, || source::entries(fd)).at(self.top.join(rel))?;
+        let mut children = Vec::with_capacity(names.len());
+        for name in names {
+            let os = OsStr::from_bytes(&name);
+            let child = rel.join(os);
+            let path = || self.top.join(&child);
+            let st = as_client(creds, || source::stat_at(fd.as_fd(), os)).at(path())?;
+            let fmt = st.st_mode & libc::S_IFMT;
+            if let Some(keep) = self.keep
+                && !keep(&child, fmt == libc::S_IFDIR)
+            {
                 continue;
             }
-            report.dirs += 1;
-            node
-        } else if ft.is_file() {
-            report.files += 1;
-            jobs.push(FileJob { path: p, size: meta.len() });
-            Node::File { job: jobs.len() - 1, executable: meta.mode() & 0o111 != 0 }
-        } else if ft.is_symlink() {
-            report.symlinks += 1;
-            Node::Symlink(fs::read_link(&p).at(&p)?.as_os_str().as_bytes().to_vec())
-        } else {
-            return Err(Error::Unsupported { path: p, kind: special_kind(&ft) });
-        };
-        children.push((ent.file_name().as_bytes().to_vec(), node));
+            let public = match fmt {
+                libc::S_IFDIR => st.st_mode & 0o005 == 0o005,
+                libc::S_IFLNK => true,
+                _ => st.st_mode & 0o004 != 0,
+            };
+            if self.public_only && !public {
+                return Err(Error::NotPublic { path: path() });
+            }
+            let node = match fmt {
+                libc::S_IFDIR => {
+                    let sub = as_client(creds, || source::open_dir(fd.as_fd(), os)).map_err(|e| changed(e, path()))?;
+                    // The directory opened must be the one just looked at (not swapped since).
+                    if source::identity(&sub).at(path())? != (st.st_dev, st.st_ino) {
+                        return Err(Error::Changed { path: path() });
+                    }
+                    let node = self.dir(&sub, &child)?;
+                    // With a filter, a directory left empty by it is dropped.
+                    if self.keep.is_some() && matches!(&node, Node::Dir(c) if c.is_empty()) {
+                        continue;
+                    }
+                    self.report.dirs += 1;
+                    node
+                }
+                libc::S_IFREG => {
+                    self.report.files += 1;
+                    let job = FileJob { rel: child, size: st.st_size as u64, dev: st.st_dev, ino: st.st_ino };
+                    self.jobs.push(job);
+                    Node::File { job: self.jobs.len() - 1, executable: st.st_mode & 0o111 != 0 }
+                }
+                libc::S_IFLNK => {
+                    self.report.symlinks += 1;
+                    Node::Symlink(as_client(creds, || source::readlink_at(fd.as_fd(), os)).at(path())?)
+                }
+                _ => return Err(Error::Unsupported { path: path(), kind: special_kind(st.st_mode) }),
+            };
+            children.push((name, node));
+        }
+        Ok(Node::Dir(children))
     }
-    Ok(Node::Dir(children))
 }
 
 /// Shared state of one run of the pipeline.
 struct Run<'a> {
     store: &'a Store,
+    top: &'a Path,
+    top_fd: &'a OwnedFd,
+    creds: Option<&'a Creds>,
     jobs: &'a [FileJob],
     /// The order files are read in (see `ingest_filtered`).
     order: Vec<usize>,
@@ -194,7 +255,7 @@ impl Run<'_> {
             let Some(&i) = self.order.get(self.next_job.fetch_add(1, Ordering::SeqCst)) else {
                 break;
             };
-            match w.read_file(&self.jobs[i].path, &tx) {
+            match w.read_file(&self.jobs[i], &tx) {
                 Ok(out) => self.outputs.lock().unwrap()[i] = Some(out),
                 Err(e) => self.fail(e),
             }
@@ -222,10 +283,16 @@ impl Run<'_> {
 }
 
 impl Worker<'_, '_> {
-    fn read_file(&mut self, path: &Path, tx: &Sender<NewChunk>) -> Result<FileOut> {
-        let _span = tracing::trace_span!("file", path = %path.display()).entered();
+    fn read_file(&mut self, job: &FileJob, tx: &Sender<NewChunk>) -> Result<FileOut> {
         let run = self.run;
-        let f = File::open(path).at(path)?;
+        let path = &run.top.join(&job.rel);
+        let _span = tracing::trace_span!("file", path = %path.display()).entered();
+        let f = as_client(run.creds, || source::open_beneath(run.top_fd.as_fd(), &job.rel))
+            .map_err(|e| changed(e, path.clone()))?;
+        // The file opened must be the one the walk saw (not swapped since).
+        if source::identity(&f).at(path)? != (job.dev, job.ino) {
+            return Err(Error::Changed { path: path.clone() });
+        }
         let before = f.metadata().at(path)?;
         let mut chunks = Vec::new();
         let mut offset = 0u64;
@@ -269,7 +336,7 @@ impl Worker<'_, '_> {
             || after.ctime() != before.ctime()
             || after.ctime_nsec() != before.ctime_nsec()
         {
-            return Err(Error::Changed { path: path.into() });
+            return Err(Error::Changed { path: path.clone() });
         }
         let record = FileRecord { size: read, chunks };
         Ok(FileOut { digest: record.digest(), record })
@@ -303,53 +370,67 @@ impl Store {
     /// Ingests the directory `src` and records its root tree under `name` (by default its own
     /// digest in hex), in the same atomic commit as the data. Returns what was stored.
     pub fn ingest(&self, src: &Path, name: Option<&str>) -> Result<IngestReport> {
-        self.ingest_then(src, None, |store, root, batch| {
+        self.ingest_source(Source::own(src), name)
+    }
+
+    /// [`Store::ingest`] of a [`Source`] (filtered, read with a client's rights).
+    pub fn ingest_source(&self, src: Source<'_>, name: Option<&str>) -> Result<IngestReport> {
+        self.ingest_then(src, |store, root, batch| {
             let hex = root.to_hex();
             store.put_root(batch, name.unwrap_or(&hex), root)
         })
     }
 
-    /// Ingests `src` (keeping only the entries `keep` accepts) without naming it, and pins the
-    /// tree against garbage collection for as long as the returned guard lives (a build's
-    /// sources: used by the build, named by no root).
-    pub fn ingest_pinned(&self, src: &Path, keep: Option<Filter<'_>>) -> Result<(IngestReport, Pin)> {
+    /// Ingests `src` without naming it, and pins the tree against garbage collection for as
+    /// long as the returned guard lives (a build's sources: used by the build, named by no
+    /// root).
+    pub fn ingest_pinned(&self, src: Source<'_>) -> Result<(IngestReport, Pin)> {
         let writer = self.gc_lock.read().unwrap();
-        let r = self.ingest_locked(src, keep, |_, _, _| Ok(()))?;
+        let r = self.ingest_locked(src, |_, _, _| Ok(()))?;
         let pin = self.pin_held(r.root);
         drop(writer);
         Ok((r, pin))
     }
 
-    /// Ingests `src` (filtered by `keep`: directories it leaves empty are dropped too);
-    /// `finish` adds its own records (a root, a build result) to the final batch, so they
-    /// commit atomically with the data they name.
+    /// Ingests `src`; `finish` adds its own records (a root, a build result) to the final
+    /// batch, so they commit atomically with the data they name.
     pub(crate) fn ingest_then(
         &self,
-        src: &Path,
-        keep: Option<Filter<'_>>,
+        src: Source<'_>,
         finish: impl FnOnce(&Store, &Digest, &mut Batch) -> Result<()>,
     ) -> Result<IngestReport> {
         // Held from the first "is this chunk already stored?" to the commit: gc waits, so
         // nothing the ingest reuses is removed before the root referencing it exists.
         let _writer = self.gc_lock.read().unwrap();
-        self.ingest_locked(src, keep, finish)
+        self.ingest_locked(src, finish)
     }
 
     pub(crate) fn ingest_locked(
         &self,
-        src: &Path,
-        keep: Option<Filter<'_>>,
+        src: Source<'_>,
         finish: impl FnOnce(&Store, &Digest, &mut Batch) -> Result<()>,
     ) -> Result<IngestReport> {
-        let meta = fs::symlink_metadata(src).at(src)?;
-        if !meta.is_dir() {
-            return Err(Error::NotADirectory { path: src.into() });
-        }
-        let _span = tracing::info_span!("ingest", src = %src.display()).entered();
+        let (path, creds) = (src.path, src.creds);
+        // The top may be a symlink to a directory (followed with the client's rights);
+        // nothing below it is followed.
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC;
+        let top_fd = match as_client(creds, || nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOTDIR) => return Err(Error::NotADirectory { path: path.into() }),
+            Err(e) => return Err(Error::io(path, source::io(e))),
+        };
+        let _span = tracing::info_span!("ingest", src = %path.display()).entered();
         let t0 = std::time::Instant::now();
-        let mut report = IngestReport::default();
-        let mut jobs = Vec::new();
-        let root_node = tracing::info_span!("walk").in_scope(|| walk(src, src, keep, &mut jobs, &mut report))?;
+        let mut walker = Walker {
+            top: path,
+            keep: src.keep,
+            creds,
+            public_only: src.public_only,
+            jobs: Vec::new(),
+            report: IngestReport::default(),
+        };
+        let root_node = tracing::info_span!("walk").in_scope(|| walker.dir(&top_fd, Path::new("")))?;
+        let Walker { jobs, mut report, .. } = walker;
         tracing::debug!(files = jobs.len(), elapsed = ?t0.elapsed(), "walked");
         // Large files first, so that none is left for one worker at the end while the other
         // cores idle; the rest in walk order, so that a directory's small files sit together in
@@ -360,6 +441,9 @@ impl Store {
         });
         let run = Run {
             store: self,
+            top: path,
+            top_fd: &top_fd,
+            creds,
             jobs: &jobs,
             order,
             next_job: AtomicUsize::new(0),

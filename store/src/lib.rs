@@ -29,13 +29,14 @@ mod ops;
 mod read;
 pub mod remote;
 mod results;
+mod source;
 mod store;
 #[doc(hidden)]
 pub mod testing;
 
 pub use bytes::Bytes;
 pub use error::{Error, RemoteError, Result};
-pub use ingest::{Filter, IngestReport};
+pub use ingest::{Filter, IngestReport, Source};
 pub use model::chunker::Chunker;
 pub use model::digest::{Digest, Hasher, Kind};
 pub use model::records::{ChunkRef, Codec, FileRecord};
@@ -48,4 +49,5 @@ pub use remote::claims::Claim;
 pub use remote::pull::PullReport;
 pub use remote::push::PushReport;
 pub use remote::{Backend, Faults, MemoryStore, ObjectStore, Policy, Remote, S3Config, Traffic};
+pub use source::Creds;
 pub use store::{Options, Pin, Resolved, Root, Store};

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::ingest::IngestReport;
+use crate::ingest::{IngestReport, Source};
 use crate::local::index::{Batch, Meta};
 use crate::model::digest::Digest;
 use crate::store::Store;
@@ -32,7 +32,9 @@ impl Store {
         recipe: &[u8],
         names: &[String],
     ) -> Result<IngestReport> {
-        self.ingest_then(output, None, |store, root, batch| {
+        // The build's own output: read with the daemon's rights (no process of the build
+        // is left to change it).
+        self.ingest_then(Source::own(output), |store, root, batch| {
             store.put_root(batch, &input.to_hex(), root)?;
             batch.put_meta(Meta::Recipe(input), recipe);
             for n in names {
@@ -86,7 +88,7 @@ impl Store {
     /// it for as long as the guard lives.
     pub fn add_fetched_source(&self, dir: &Path, blake3: &str) -> Result<(Digest, crate::Pin)> {
         let writer = self.gc_lock.read().unwrap();
-        let r = self.ingest_locked(dir, None, |_, root, batch| {
+        let r = self.ingest_locked(Source::own(dir), |_, root, batch| {
             batch.put_meta(Meta::FetchedSource(blake3), root.as_bytes());
             Ok(())
         })?;

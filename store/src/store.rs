@@ -156,9 +156,16 @@ impl Store {
             Err(e) => return Err(Error::io(&marker, e)),
         }
         let lock = lock_store(dir)?;
+        // Private: packs hold data of files the mount never shows to others (a 0600 source's),
+        // the index names everything, logs may hold secrets a step printed. The store directory
+        // itself is only traversable (builds run as other uids under it); its subdirectories
+        // are the owner's alone.
+        private(dir, 0o711)?;
         let packs_dir = dir.join("packs");
         fs::create_dir_all(&packs_dir).at(&packs_dir)?;
+        private(&packs_dir, 0o700)?;
         let index = Index::open(&dir.join("index"))?;
+        private(&dir.join("index"), 0o700)?;
         let remote = match &opts.remote {
             Some(b) => Some(Remote::connect(b.clone(), opts.policy.clone(), opts.runtime.clone())?),
             None => None,
@@ -397,10 +404,27 @@ impl Store {
     }
 }
 
-/// Takes the store's exclusive lock, naming the holder's pid when another process has it.
+/// Sets `path`'s mode when this process owns it (a store made by another user is left as is:
+/// opening it then fails or works on that user's terms).
+pub(crate) fn private(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::metadata(path).at(path)?;
+    // SAFETY: geteuid has no preconditions.
+    if meta.uid() == unsafe { libc::geteuid() } && meta.mode() & 0o7777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).at(path)?;
+    }
+    Ok(())
+}
+
+/// Takes the store's exclusive lock, naming the holder's pid when another process has it. The
+/// lock file is the owner's alone: another user cannot take a shared lock on it and stop the
+/// daemon from starting.
 fn lock_store(dir: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("lock");
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).at(&path)?;
+    let mut f =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).at(&path)?;
+    private(&path, 0o600)?;
     // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {

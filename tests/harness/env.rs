@@ -79,6 +79,13 @@ impl Env {
         self.tmp.path().join(rel)
     }
 
+    /// Where a root daemon of this store keeps running builds' workspaces (the builder's rule:
+    /// below /run/vorpalfs, one directory per store).
+    pub fn builds_dir(&self) -> PathBuf {
+        let id = blake3::hash(self.store.as_os_str().as_encoded_bytes()).to_hex();
+        PathBuf::from("/run/vorpalfs").join(format!("builds-{}", &id[..16]))
+    }
+
     /// A `vorpalfs` command bound to this env's store.
     pub fn cmd<I, S>(&self, args: I) -> Command
     where
@@ -116,6 +123,52 @@ impl Env {
     }
 }
 
+/// An unprivileged uid for the tests (no login has it).
+pub const USER: u32 = 1001;
+
+impl Env {
+    /// A `vorpalfs` command run as the unprivileged user [`USER`], against this env's store.
+    /// The scratch directory is opened to the user and the binary copied where it can reach it
+    /// (the target directory may be below /root).
+    pub fn as_user<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = self.path("vorpalfs-user");
+        if !bin.exists() {
+            std::fs::copy(vorpalfs_bin(), &bin).expect("copy the binary");
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &USER.to_string(), "--regid", &USER.to_string(), "--clear-groups"])
+            .arg(&bin)
+            .args(args)
+            .env("VORPALFS_STORE_DIR", &self.store)
+            .env("HOME", self.tmp.path())
+            .env_remove("RUST_LOG")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    pub fn run_as_user<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.as_user(args).output().expect("spawn vorpalfs as the user").into()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // A root daemon's (empty by now) directory of workspaces.
+        let _ = std::fs::remove_dir(self.builds_dir());
+    }
+}
+
 impl Default for Env {
     fn default() -> Self {
         Env::new()
@@ -141,6 +194,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("mount", "mount"),
     ("umount", "mount"),
     ("unshare", "util-linux"),
+    ("flock", "util-linux"),
+    ("ps", "procps"),
     ("setpriv", "util-linux"),
     ("pgrep", "procps"),
     ("pkill", "procps"),

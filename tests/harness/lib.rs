@@ -16,6 +16,6 @@ mod files;
 mod mount;
 pub mod s3_server;
 
-pub use env::{Env, Run, require_tools, vorpalfs_bin};
+pub use env::{Env, Run, USER, require_tools, vorpalfs_bin};
 pub use files::{assert_same_tree, chmod, listing, random_bytes, sh, sha256_all, write};
 pub use mount::Mount;

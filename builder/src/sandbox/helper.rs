@@ -77,6 +77,10 @@ fn ctx<T, E: std::fmt::Display>(r: std::result::Result<T, E>, what: impl FnOnce(
 }
 
 fn helper(spec_path: &Path) -> R<i32> {
+    // Nothing the daemon (or whatever started it) had open reaches a step: every descriptor
+    // but stdio and the status pipe is closed.
+    // SAFETY: close_range on descriptors this process will not use.
+    unsafe { libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32) };
     let text = ctx(fs::read(spec_path), || format!("cannot read {}", spec_path.display()))?;
     let spec: Spec = ctx(serde_json::from_slice(&text), || format!("bad spec {}", spec_path.display()))?;
     let (uid, gid) = (getuid().as_raw(), getgid().as_raw());
@@ -238,8 +242,9 @@ fn init(spec: &Spec) -> R<i32> {
     ] {
         ctx(symlink(target, dev.join(name)), || format!("symlink /dev/{name}"))?;
     }
-    tmpfs(&dev.join("shm"), noexec, "mode=1777")?;
-    tmpfs(&r.join("tmp"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777")?;
+    let size = spec.limits.tmp_bytes;
+    tmpfs(&dev.join("shm"), noexec, &format!("mode=1777,size={size}"))?;
+    tmpfs(&r.join("tmp"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, &format!("mode=1777,size={size}"))?;
     let store = r.join("vorpal/store");
     tmpfs(&store, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
     for (host, path) in &spec.deps {
@@ -273,9 +278,16 @@ fn init(spec: &Spec) -> R<i32> {
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )?;
+    mask_proc()?;
     ctx(sethostname("vorpal"), || "sethostname".into())?;
     loopback_up()?;
+    lock_mounts()?;
+    limit(&spec.limits)?;
     ctx(chdir(WORKSPACE), || format!("chdir {WORKSPACE}"))?;
+    // Steps create files as a shell would by default.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o022) };
+    ctx(super::seccomp::install(), || "install the seccomp filter".into())?;
 
     for (i, step) in spec.steps.iter().enumerate() {
         let step_no = i + 1;
@@ -296,6 +308,45 @@ fn init(spec: &Spec) -> R<i32> {
         }
     }
     Ok(0)
+}
+
+/// `/proc/sys` read-only; files that expose or change the kernel masked with `/dev/null`,
+/// directories with an empty read-only tmpfs.
+fn mask_proc() -> R<()> {
+    bind_ro(Path::new("/proc/sys"), Path::new("/proc/sys"))?;
+    for f in ["/proc/sysrq-trigger", "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/kmsg"]
+    {
+        if Path::new(f).exists() {
+            do_mount(Some(Path::new("/dev/null")), Path::new(f), None, MsFlags::MS_BIND, None)?;
+        }
+    }
+    for d in ["/proc/acpi", "/proc/scsi", "/proc/irq", "/proc/bus"] {
+        if Path::new(d).is_dir() {
+            do_mount(Some(Path::new("tmpfs")), Path::new(d), Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Enters a second user namespace (and mount namespace) with the same identity: the mounts
+/// set up so far now belong to a more privileged namespace and are locked: they cannot be
+/// remounted writable, unmounted or moved from here.
+fn lock_mounts() -> R<()> {
+    ctx(unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS), || "lock the mounts (unshare)".into())?;
+    ctx(fs::write("/proc/self/setgroups", "deny"), || "setgroups".into())?;
+    ctx(fs::write("/proc/self/uid_map", "0 0 1"), || "uid_map (lock)".into())?;
+    ctx(fs::write("/proc/self/gid_map", "0 0 1"), || "gid_map (lock)".into())
+}
+
+/// Resource limits, inherited by every process of the steps.
+fn limit(l: &super::Limits) -> R<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    ctx(setrlimit(Resource::RLIMIT_NPROC, l.processes, l.processes), || "limit processes".into())?;
+    ctx(setrlimit(Resource::RLIMIT_CORE, 0, 0), || "no core dumps".into())?;
+    if let Some(bytes) = l.address_space {
+        ctx(setrlimit(Resource::RLIMIT_AS, bytes, bytes), || "limit memory".into())?;
+    }
+    Ok(())
 }
 
 fn write_etc(r: &Path) -> R<()> {

@@ -4,13 +4,24 @@
 //! mod.rs     what the builder and the helper agree on: the spec (JSON file), the host
 //!            profile, and the helper's status (one JSON line on fd 3)
 //! helper.rs  the helper process: namespaces, the new root, the steps
+//! seccomp.rs the system calls a step may not make
 //! ```
+//!
+//! The sandbox is a security boundary. A step runs as an unprivileged host uid (one of the
+//! build users' range, one per running artifact; a non-root daemon's own uid), mapped to root
+//! inside its user namespace; it holds no capability over anything of the host. Every mount of
+//! its root is locked (a second user namespace is entered after setting them up, so they cannot
+//! be remounted writable or unmounted), `/proc/sys` is read-only and the dangerous files of
+//! `/proc` are masked, `no_new_privs` is set, a seccomp filter refuses the mount family,
+//! namespaces, ptrace, kernel modules and the like, no descriptor of the daemon is inherited,
+//! and processes, `/tmp` and the workspace (a tmpfs the daemon mounts) are bounded.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 mod helper;
+mod seccomp;
 
 pub use helper::helper_main;
 
@@ -59,6 +70,26 @@ pub struct Spec {
     /// The whole environment of every step, before its own `env`.
     pub env: Vec<(String, String)>,
     pub steps: Vec<StepSpec>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What a step may use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    /// Processes of the step's user at once (`RLIMIT_NPROC`; each running artifact has a
+    /// user of its own, so this bounds a fork bomb to its own sandbox).
+    pub processes: u64,
+    /// Bytes of address space per process (`RLIMIT_AS`); `None`: unlimited.
+    pub address_space: Option<u64>,
+    /// Size of each of `/tmp` and `/dev/shm` (tmpfs, in memory).
+    pub tmp_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { processes: 2048, address_space: None, tmp_bytes: 1 << 30 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -33,6 +33,8 @@ pub fn run(
         rebuild: args.rebuild,
         dry_run: args.dry_run,
         keep_failed: args.keep_failed,
+        creds: settings.creds.clone(),
+        allow_outside_sources: args.allow_outside_sources,
     };
     let report = builder.build(&settings.abs(&args.manifest), &opts, events, cancel)?;
     if settings.json {

@@ -33,11 +33,18 @@ pub fn artifact(builder: &Builder, what: &str) -> Result<ArtifactInfo> {
 pub fn run(builder: &Builder, settings: &Settings, args: InspectArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let store = builder.store();
     let (digest, recipe) = if let Some(path) = &args.manifest {
-        let path = vorpalfs_builder::manifest::locate(&settings.abs(path))?;
-        let m = vorpalfs_builder::manifest::load(&path)?;
+        // The client's file: read with the client's rights.
+        let load = || -> vorpalfs_builder::Result<_> {
+            let path = vorpalfs_builder::manifest::locate(&settings.abs(path))?;
+            Ok((vorpalfs_builder::manifest::load(&path)?, path))
+        };
+        let (m, path) = match &settings.creds {
+            Some(c) => c.with(load),
+            None => load(),
+        }?;
         let i =
             m.find(&args.artifact).with_context(|| format!("no artifact `{}` in {}", args.artifact, path.display()))?;
-        let r = builder.recipes(&m)?.swap_remove(i);
+        let r = builder.recipes(&m, settings.creds.as_ref())?.swap_remove(i);
         (r.digest(), r.canonical())
     } else {
         let info = artifact(builder, &args.artifact)?;

@@ -21,7 +21,10 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: StoreCommand) -> Result<ExitCode> {
         StoreCommand::Add { dir, name } => {
             let dir = s.abs(&dir);
             let t = Instant::now();
-            let r = store.ingest(&dir, name.as_deref()).with_context(|| format!("cannot add {}", dir.display()))?;
+            // Read with the client's rights, never the daemon's.
+            let src = vorpalfs_store::Source { path: &dir, keep: None, creds: s.creds.as_ref(), public_only: false };
+            let r =
+                store.ingest_source(src, name.as_deref()).with_context(|| format!("cannot add {}", dir.display()))?;
             (ctx.root_changed)(&r.root);
             let name = name.unwrap_or_else(|| r.root.to_hex());
             let secs = t.elapsed().as_secs_f64();
@@ -73,8 +76,9 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: StoreCommand) -> Result<ExitCode> {
             let dir = s.abs(&dir);
             let digest = store.resolve(&root)?.tree;
             let t = Instant::now();
-            let bytes =
-                store.export(&digest, &dir).with_context(|| format!("cannot export {root} to {}", dir.display()))?;
+            let bytes = store
+                .export_as(&digest, &dir, s.creds.as_ref())
+                .with_context(|| format!("cannot export {root} to {}", dir.display()))?;
             writeln!(ctx.err, "exported {bytes} bytes to {} in {:.2}s", dir.display(), t.elapsed().as_secs_f64())?;
             writeln!(ctx.out, "{}", dir.display())?;
         }

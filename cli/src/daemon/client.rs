@@ -116,6 +116,15 @@ pub fn spawn_daemon(settings: &Settings, mountpoint: &Path, threads: Option<usiz
     if let Some(c) = settings.cache_size {
         cmd.arg("--cache-size").arg(c.to_string());
     }
+    if let Some(b) = settings.build_space {
+        cmd.arg("--build-space").arg(b.to_string());
+    }
+    if let Some(p) = settings.build_processes {
+        cmd.arg("--build-processes").arg(p.to_string());
+    }
+    if let Some(g) = &settings.admin_group {
+        cmd.arg("--admin-group").arg(g);
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info,fuser=warn");
     }
@@ -153,7 +162,10 @@ fn log_tail(path: &Path, from: u64) -> String {
 
 /// Asks the daemon to unmount and exit, and waits until it has.
 pub fn shutdown(mut conn: UnixStream, settings: &Settings) -> Result<()> {
-    call(&mut conn, settings, Request::Shutdown, &mut Relay::default())?;
+    if call(&mut conn, settings, Request::Shutdown, &mut Relay::default())? != 0 {
+        // The daemon said why (on our stderr).
+        bail!("the daemon did not stop");
+    }
     let t = Instant::now();
     // The daemon removes its socket before unmounting and exits after; wait for both.
     while connect(settings).is_some() || settings.socket().exists() {

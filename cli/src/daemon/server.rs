@@ -35,6 +35,10 @@ struct Daemon {
 
 /// Runs the daemon in this process until SIGINT, SIGTERM or `vorpalfs umount`.
 pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Result<()> {
+    // Descriptors inherited from whatever started the daemon (a shell's, say) must not reach
+    // anything the daemon starts: close-on-exec from here on.
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("vorpalfs-io")
@@ -50,17 +54,22 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
     }
     let mounted = vorpalfs_fs::mount(store.clone(), mountpoint, rt.handle().clone(), &mopts)?;
 
-    // We hold the store lock, so a socket file left here belongs to a daemon that died.
+    // We hold the store lock, so a socket file left here belongs to a daemon that died. Made
+    // under umask 077 (main sets it); a root daemon then opens it to every user, who may build
+    // and read with their own rights (each request is checked against SO_PEERCRED), while a
+    // user's own daemon keeps it to that user.
     let sock = settings.socket();
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).with_context(|| format!("cannot listen on {}", sock.display()))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", sock.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let mode = if unsafe { libc::geteuid() } == 0 { 0o666 } else { 0o600 };
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", sock.display()))?;
 
     let handle = mounted.handle();
     let builder = vorpalfs_builder::Builder::new(
         store.clone(),
-        crate::settings::builder_config(&settings.store_dir, mountpoint),
+        settings.builder_config(mountpoint),
         Box::new(move |d| handle.published(d)),
     )?;
     let daemon = Arc::new(Daemon {
@@ -119,14 +128,31 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
 
 impl Daemon {
     fn serve(&self, conn: UnixStream) -> Result<()> {
+        let peer = Peer::of(&conn)?;
         let Some(Frame::Request(env)) = protocol::read_frame(&mut &conn)? else {
             bail!("the client sent no request");
         };
         let mut settings = self.settings.clone();
         settings.json = env.json;
         settings.cwd = env.cwd;
+        // The client's files are read and written with the client's rights.
+        settings.creds = peer.creds();
         let mut out = FrameWriter { out: &conn, stderr: false };
         let mut err = FrameWriter { out: &conn, stderr: true };
+        if let Some(what) = admin_only(&env.request)
+            && !peer.is_admin(self.settings.admin_group.as_deref())
+        {
+            let group = match &self.settings.admin_group {
+                Some(g) => format!("root or a member of group `{g}`"),
+                None => "root (or a member of the group given by --admin-group to the daemon)".to_string(),
+            };
+            writeln!(
+                err,
+                "error: permission denied: {what} changes the store for every user, and only {group} may run it"
+            )?;
+            protocol::write_frame(&mut &conn, &Frame::Exit(1))?;
+            return Ok(());
+        }
         let code: i32 = match env.request {
             Request::Status => {
                 protocol::write_frame(&mut &conn, &Frame::Reply(Reply::Status(self.status())))?;
@@ -220,6 +246,59 @@ impl Daemon {
                 inodes: load(&f.inodes),
             },
         }
+    }
+}
+
+/// Who is on the other end of a connection (`SO_PEERCRED`), and its groups.
+struct Peer {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl Peer {
+    fn of(conn: &UnixStream) -> Result<Peer> {
+        let cred = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials)
+            .context("cannot tell who the client is (SO_PEERCRED)")?;
+        // The supplementary groups of the client process, as it connected.
+        let groups = std::fs::read_to_string(format!("/proc/{}/status", cred.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Groups:"))
+                    .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+            })
+            .unwrap_or_default();
+        Ok(Peer { uid: cred.uid(), gid: cred.gid(), groups })
+    }
+
+    /// The rights the daemon acts with for this client: its own (`None`) for root, the
+    /// client's for anyone else.
+    fn creds(&self) -> Option<vorpalfs_store::Creds> {
+        (self.uid != 0).then(|| vorpalfs_store::Creds { uid: self.uid, gid: self.gid, groups: self.groups.clone() })
+    }
+
+    fn is_admin(&self, group: Option<&str>) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if self.uid == 0 || self.uid == unsafe { libc::geteuid() } {
+            return true;
+        }
+        let Some(gid) = group.and_then(|g| nix::unistd::Group::from_name(g).ok().flatten()).map(|g| g.gid.as_raw())
+        else {
+            return false;
+        };
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// The requests only an administrator may make, named for the error.
+fn admin_only(r: &Request) -> Option<&'static str> {
+    match r {
+        Request::Push(_) => Some("`vorpalfs push`"),
+        Request::Gc => Some("`vorpalfs gc`"),
+        Request::Store(crate::args::StoreCommand::Rm { .. }) => Some("`vorpalfs store rm`"),
+        Request::Shutdown => Some("`vorpalfs umount`"),
+        _ => None,
     }
 }
 

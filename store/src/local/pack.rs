@@ -120,7 +120,10 @@ pub struct PackWriter {
 impl PackWriter {
     pub fn create(dir: &Path, id: u64) -> Result<PackWriter> {
         let path = pack_path(dir, id);
-        let file = OpenOptions::new().write(true).create_new(true).open(&path).at(&path)?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).at(&path)?
+        };
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(MAGIC).at(&path)?;
         Ok(PackWriter { id, path, out, len: MAGIC.len() as u64, chunks: 0 })
