@@ -357,7 +357,7 @@ fn bad_input_is_named_and_publishes_nothing() {
     let ok = b.project("ok", &artifact("a", "true"));
     b.build(&ok, &["nope"]).fails_with(&["unknown artifact `nope`"]);
     // No leftover workspaces.
-    assert_eq!(fs::read_dir(b.env.builds_dir()).unwrap().count(), 0);
+    assert_eq!(b.env.workspaces(), Vec::<std::ffi::OsString>::new());
 }
 
 #[test]
@@ -396,6 +396,14 @@ fn url_sources_are_verified() {
     let good = b.project("good", &manifest(&good_digest));
     let out = b.build(&good, &[]).ok().trim().to_string();
     assert_eq!(fs::read_to_string(Path::new(&out).join("data.txt")).unwrap(), "payload\n");
+    // A daemon told that downloads may have 4 bytes stops this one, whatever its digest.
+    let mut env = Env::new();
+    env.vars.push(("VORPALFS_MAX_DOWNLOAD".into(), "4".into()));
+    let mount = env.mount();
+    let small = Bench { mount, env };
+    let dir = small.project("good", &manifest(&good_digest));
+    small.build(&dir, &[]).fails_with(&["source `d`", "data.txt: larger than the 4 bytes a download may have"]);
+    assert!(small.published().is_empty());
     let _ = server.kill();
     let _ = server.wait();
 }
@@ -479,7 +487,7 @@ fn kill_9_of_the_daemon_mid_build_publishes_nothing_and_a_rebuild_works() {
     // (At a new mountpoint: dropping the old `Mount` detaches its own.)
     b.mount = b.env.mount_at(&b.env.path("mnt2"));
     assert!(b.published().is_empty());
-    assert_eq!(fs::read_dir(b.env.builds_dir()).unwrap().count(), 0);
+    assert_eq!(b.env.workspaces(), Vec::<std::ffi::OsString>::new());
     let ls = b.run(&["store", "ls"]);
     assert_eq!(ls.ok().trim(), "");
     // The same digest builds now; its step ends when its sleep is killed from outside.

@@ -426,3 +426,26 @@ fn ordinary_users_cannot_run_the_daemons_administrative_commands() {
         .into();
     r.ok();
 }
+
+#[test]
+fn a_mountpoint_below_a_private_directory_does_not_lock_build_users_out_of_their_deps() {
+    // Build users are not root: a mountpoint they cannot reach (here below a 0700 directory)
+    // must still give their sandboxes the dependencies.
+    let env = Env::new();
+    let private = env.path("private");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let mount = env.mount_at(&private.join("mnt"));
+    let dir = env.path("deps");
+    let toml = format!(
+        "{}\n{}",
+        artifact("dep", &[], "echo from-dep > $VORPAL_OUTPUT/file"),
+        artifact("top", &["dep"], "cat $VORPAL_ARTIFACT_DEP/file > $VORPAL_OUTPUT/copy")
+    );
+    write(&dir.join("vorpalfs.toml"), toml.as_bytes());
+    let r: Run =
+        env.cmd(["build", dir.to_str().unwrap()]).env("VORPALFS_MOUNTPOINT", &mount.dir).output().unwrap().into();
+    let out = r.ok().lines().last().unwrap().to_string();
+    assert_eq!(fs::read_to_string(Path::new(&out).join("copy")).unwrap(), "from-dep\n");
+    drop(mount);
+}

@@ -54,6 +54,9 @@ pub(crate) fn as_client<T>(creds: Option<&Creds>, f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// The builders' view of the mount, below the builds directory.
+const STORE_VIEW: &str = "store";
+
 /// One builder per store, shared by every build the daemon runs.
 pub struct Builder {
     store: Arc<Store>,
@@ -65,6 +68,12 @@ pub struct Builder {
     /// A root daemon's build users (an error when the host has none); `None` for a daemon run
     /// by an ordinary user, which builds as itself.
     users: Option<std::result::Result<Pool, NoBuildUsers>>,
+    /// Where sandboxes bind their dependencies from: for a root daemon the mount bound again
+    /// below the builds directory (build users may not be able to reach the mountpoint, which
+    /// can sit below a private directory); otherwise the mountpoint itself.
+    view: PathBuf,
+    /// Whether `view` is a mount of ours, detached by [`Builder::close`].
+    view_mounted: bool,
 }
 
 impl Builder {
@@ -76,7 +85,12 @@ impl Builder {
         if cfg.work_dir.exists() {
             for ent in fs::read_dir(&cfg.work_dir).at(&cfg.work_dir)?.flatten() {
                 let _ = nix::mount::umount2(&ent.path(), nix::mount::MntFlags::MNT_DETACH);
-                let _ = fs::remove_dir_all(ent.path());
+                if ent.file_name() == STORE_VIEW {
+                    // A view of a mount: never walked, even if it could not be detached.
+                    let _ = fs::remove_dir(ent.path());
+                } else {
+                    let _ = fs::remove_dir_all(ent.path());
+                }
             }
         }
         // Builds run as other users below the builds directory: it is traversable, not listable;
@@ -92,11 +106,43 @@ impl Builder {
             fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).at(dir)?;
         }
         // SAFETY: geteuid has no preconditions.
-        let users = (unsafe { libc::geteuid() } == 0).then(Pool::system);
+        let root = unsafe { libc::geteuid() } == 0;
+        let users = root.then(Pool::system);
         if let Some(Err(e)) = &users {
             tracing::warn!("{e}");
         }
-        Ok(Builder { store, cfg, flights: Mutex::new(HashSet::new()), landed: Condvar::new(), published, users })
+        let (view, view_mounted) = if root && cfg.mountpoint.is_dir() {
+            let view = cfg.work_dir.join(STORE_VIEW);
+            fs::create_dir(&view).at(&view)?;
+            let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
+            nix::mount::mount(Some(&cfg.mountpoint), &view, None::<&str>, flags, None::<&str>)
+                .map_err(|e| Error::Io { path: view.clone(), source: e.into() })?;
+            (view, true)
+        } else {
+            (cfg.mountpoint.clone(), false)
+        };
+        Ok(Builder {
+            store,
+            cfg,
+            flights: Mutex::new(HashSet::new()),
+            landed: Condvar::new(),
+            published,
+            users,
+            view,
+            view_mounted,
+        })
+    }
+
+    /// Detaches the builder's view of the mount (call before unmounting the store: a view left
+    /// behind keeps the FUSE connection alive).
+    pub fn close(&self) {
+        if self.view_mounted
+            && let Err(e) = nix::mount::umount2(&self.view, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(view = %self.view.display(), "cannot detach the builders' view of the store: {e}");
+        } else if self.view_mounted {
+            let _ = fs::remove_dir(&self.view);
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -111,7 +157,7 @@ impl Builder {
     /// The recipes of every artifact of a manifest (sources are hashed into the store, read
     /// with `creds`' rights).
     pub fn recipes(&self, m: &Manifest, creds: Option<&Creds>) -> Result<Vec<Recipe>> {
-        let access = crate::sources::Access { creds, allow_outside: false };
+        let access = crate::sources::Access { creds, allow_outside: false, download_limit: self.cfg.download_limit };
         let plan = Plan::new(&self.store, &self.cfg.work_dir, m, &vec![true; m.artifacts.len()], access)?;
         Ok(plan.into_recipes().into_iter().flatten().collect())
     }
@@ -148,7 +194,11 @@ impl Builder {
         for t in &opts.targets {
             requested[m.find(t).ok_or_else(|| Error::UnknownArtifact(t.clone()))?] = true;
         }
-        let access = crate::sources::Access { creds: opts.creds.as_ref(), allow_outside: opts.allow_outside_sources };
+        let access = crate::sources::Access {
+            creds: opts.creds.as_ref(),
+            allow_outside: opts.allow_outside_sources,
+            download_limit: self.cfg.download_limit,
+        };
         let plan = Plan::new(&self.store, &self.cfg.work_dir, &m, &m.graph.closure(&requested), access)?;
         let actions = plan.actions(&requested, opts.rebuild, |d| Ok(self.find_result(d)?.is_some()))?;
         let in_plan: Vec<usize> = m.graph.order().iter().copied().filter(|&i| actions[i].is_some()).collect();
@@ -344,7 +394,8 @@ impl Runner for ArtifactRunner<'_> {
                     Some(Err(e)) => return Err(Error::NoBuildUsers(crate::users::NoBuildUsers { file: e.file })),
                     None => None,
                 };
-                let ex = Executor { store: &b.store, cfg: &b.cfg, published: b.published.as_ref(), users };
+                let ex =
+                    Executor { store: &b.store, cfg: &b.cfg, view: &b.view, published: b.published.as_ref(), users };
                 let r = ex.execute(&job, self.opts.keep_failed, self.events, self.cancel);
                 if b.store.has_remote()
                     && let Err(e) = b.store.release(&job.digest.to_hex())

@@ -20,7 +20,7 @@ use crate::users::{BuildUser, Pool};
 /// Where a builder keeps its files and finds its helper.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where the store is mounted on the host (deps are bound from here).
+    /// Where the store is mounted on the host.
     pub mountpoint: PathBuf,
     /// Where running artifacts' workspaces are (each a tmpfs for a root daemon).
     pub work_dir: PathBuf,
@@ -33,7 +33,12 @@ pub struct Config {
     /// Size of a running artifact's workspace and output together (a tmpfs, for a root
     /// daemon: a step cannot fill the store's disk).
     pub build_space: u64,
+    /// The most bytes a `url` source may have (downloads stop past it).
+    pub download_limit: u64,
 }
+
+/// The default size limit of a `url` source.
+pub const DEFAULT_DOWNLOAD_LIMIT: u64 = 4 << 30;
 
 impl Config {
     /// The builder's places for a store in `store_dir` served at `mountpoint`.
@@ -59,6 +64,7 @@ impl Config {
             helper: PathBuf::from("/proc/self/exe"),
             limits: Limits::default(),
             build_space: (memory / 2).max(1 << 30),
+            download_limit: DEFAULT_DOWNLOAD_LIMIT,
         }
     }
 }
@@ -67,6 +73,8 @@ impl Config {
 pub(crate) struct Executor<'a> {
     pub store: &'a Store,
     pub cfg: &'a Config,
+    /// Where the store's mount is seen from (dependencies are bound from here).
+    pub view: &'a Path,
     /// Told each input digest as its result is committed.
     pub published: &'a (dyn Fn(&Digest) + Send + Sync),
     /// The build users (`None` for a daemon run by an ordinary user: its own uid).
@@ -242,7 +250,7 @@ impl Executor<'_> {
             }
             steps.push(StepSpec { argv, env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect() });
         }
-        let mounted = |d: &Digest| self.cfg.mountpoint.join(d.to_hex());
+        let mounted = |d: &Digest| self.view.join(d.to_hex());
         let spec = sandbox::Spec {
             root,
             workspace: work,

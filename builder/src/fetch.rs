@@ -15,12 +15,14 @@ pub enum DownloadError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{url}: digest mismatch: the manifest says {want}, the download is {got}")]
     Mismatch { url: String, want: String, got: String },
+    #[error("{url}: larger than the {limit} bytes a download may have (--max-download)")]
+    TooLarge { url: String, limit: u64 },
 }
 
 /// Downloads `url` into `dir` (under the URL's last path segment) and checks that the bytes
 /// hash to `blake3` (plain BLAKE3, as `b3sum` prints it). A file with the wrong digest is
-/// removed.
-pub fn download(url: &str, blake3: &str, dir: &Path) -> Result<(), DownloadError> {
+/// removed. A download that goes past `limit` bytes is stopped and removed.
+pub fn download(url: &str, blake3: &str, dir: &Path, limit: u64) -> Result<(), DownloadError> {
     let name = url
         .split(['?', '#'])
         .next()
@@ -37,10 +39,17 @@ pub fn download(url: &str, blake3: &str, dir: &Path) -> Result<(), DownloadError
     let mut out = File::create(&path).map_err(write)?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
     loop {
         let n = body.read(&mut buf).map_err(|source| DownloadError::Read { url: url.into(), source })?;
         if n == 0 {
             break;
+        }
+        total += n as u64;
+        if total > limit {
+            drop(out);
+            let _ = std::fs::remove_file(&path);
+            return Err(DownloadError::TooLarge { url: url.into(), limit });
         }
         h.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(write)?;

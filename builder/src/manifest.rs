@@ -184,10 +184,20 @@ pub fn locate(path: &Path) -> Result<PathBuf> {
 
 /// Reads and checks a manifest file.
 pub fn load(path: &Path) -> Result<Manifest> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Manifest { at: path.display().to_string(), msg: format!("cannot read: {e}") })?;
+    use std::io::Read;
+    let err = |msg: String| Error::Manifest { at: path.display().to_string(), msg };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_MANIFEST + 1).read_to_string(&mut text))
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if text.len() as u64 > MAX_MANIFEST {
+        return Err(err(format!("larger than the {MAX_MANIFEST} bytes a manifest may have")));
+    }
     parse(path, &text)
 }
+
+/// The largest manifest read.
+pub const MAX_MANIFEST: u64 = 4 << 20;
 
 /// Parses and checks manifest text; `path` names it in errors and anchors relative paths.
 pub fn parse(path: &Path, text: &str) -> Result<Manifest> {
@@ -421,6 +431,24 @@ mod tests {
 
     fn parse_err(text: &str) -> String {
         parse(Path::new("/m/vorpalfs.toml"), text).unwrap_err().to_string()
+    }
+
+    proptest::proptest! {
+        // The fuzz target `manifest`'s body, on stable: any text (and any example manifest
+        // with a few characters changed) is a manifest or an error, never a panic.
+        #[test]
+        fn any_text_is_a_manifest_or_an_error(text in "\\PC{0,400}", edits in proptest::collection::vec((0usize..4096, "[\\[\\]=\"a-z0-9\n .{}-]"), 0..6)) {
+            let _ = parse(Path::new("/m/vorpalfs.toml"), &text);
+            let mut m = include_str!("../../examples/multi/vorpalfs.toml").to_string();
+            for (at, s) in edits {
+                let mut at = at % (m.len() + 1);
+                while !m.is_char_boundary(at) {
+                    at -= 1;
+                }
+                m.insert_str(at, &s);
+            }
+            let _ = parse(Path::new("/m/vorpalfs.toml"), &m);
+        }
     }
 
     #[test]

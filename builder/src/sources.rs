@@ -23,6 +23,8 @@ pub struct Access<'a> {
     pub creds: Option<&'a Creds>,
     /// Take local sources outside the manifest's directory even if not readable by everyone.
     pub allow_outside: bool,
+    /// The most bytes a `url` source may have.
+    pub download_limit: u64,
 }
 
 /// Puts source `s` of `m` into the store and returns its tree, pinned. `scratch` is a
@@ -96,7 +98,7 @@ pub fn source_tree(store: &Store, m: &Manifest, s: usize, scratch: &Path, access
             let dir = scratch.join(format!("fetch-{}-{}", &blake3[..12], std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).at(&dir)?;
-            let result = crate::fetch::download(url, blake3, &dir)
+            let result = crate::fetch::download(url, blake3, &dir, access.download_limit)
                 .map_err(|e| err(SourceError::Download(e)))
                 .and_then(|()| store.add_fetched_source(&dir, blake3).map_err(|e| err(SourceError::Store(e))));
             let _ = fs::remove_dir_all(&dir);

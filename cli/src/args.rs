@@ -35,6 +35,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "VORPALFS_BUILD_SPACE", value_name = "SIZE", value_parser = parse_size)]
     pub build_space: Option<u64>,
 
+    /// The most bytes a `url` source may download, e.g. 2G [default: 4G].
+    #[arg(long, global = true, env = "VORPALFS_MAX_DOWNLOAD", value_name = "SIZE", value_parser = parse_size)]
+    pub max_download: Option<u64>,
+
     /// Processes a running artifact may have at once.
     #[arg(long, global = true, env = "VORPALFS_BUILD_PROCESSES", value_name = "N")]
     pub build_processes: Option<u64>,

@@ -21,6 +21,8 @@ pub struct Settings {
     /// A running artifact's workspace size and process limit (`None`: the builder's defaults).
     pub build_space: Option<u64>,
     pub build_processes: Option<u64>,
+    /// The most bytes a `url` source may download (`None`: the builder's default).
+    pub max_download: Option<u64>,
     /// Members of this group may run the daemon's administrative commands (push, gc, rm,
     /// umount) besides root.
     pub admin_group: Option<String>,
@@ -46,6 +48,7 @@ impl Settings {
             cache_size: cli.cache_size,
             build_space: cli.build_space,
             build_processes: cli.build_processes,
+            max_download: cli.max_download,
             admin_group: cli.admin_group.clone().filter(|s| !s.is_empty()),
             allow_outside_sources: false,
             creds: None,
@@ -88,6 +91,9 @@ impl Settings {
         }
         if let Some(p) = self.build_processes {
             c.limits.processes = p;
+        }
+        if let Some(m) = self.max_download {
+            c.download_limit = m;
         }
         c
     }

@@ -22,6 +22,8 @@
 //! before its bytes are returned. One process owns a store at a time (an flock on `<dir>/lock`).
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ingest;
 mod local;
 pub mod model;

@@ -141,10 +141,18 @@ impl Store {
 
     /// Chunk `i` of `file`, verified: from memory, the packs, or S3 (with readahead). Blocks.
     pub(crate) fn chunk(&self, file: &FileRecord, i: usize) -> Result<Bytes> {
-        let id = file.chunks[i].id;
-        if let Some(c) = self.chunk_cached(&id) {
-            return Ok(c);
+        match self.chunk_cached(&file.chunks[i].id) {
+            Some(c) => Ok(c),
+            None => self.chunk_missed(file, i),
         }
+    }
+
+    /// [`Store::chunk`] of a chunk not in memory. Kept out of line: the cached path is the hot
+    /// one, and it stays small.
+    #[cold]
+    #[inline(never)]
+    fn chunk_missed(&self, file: &FileRecord, i: usize) -> Result<Bytes> {
+        let id = file.chunks[i].id;
         self.read.misses.fetch_add(1, Ordering::Relaxed);
         let local = self.chunk_local(&id);
         let data = match local {

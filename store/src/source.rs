@@ -123,15 +123,16 @@ pub(crate) fn entries(dir: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
 }
 
 /// Opens the regular file at `rel` beneath `top` for reading, following no symlink anywhere on
-/// the way (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`); a path too long for one call is walked
-/// directory by directory.
+/// the way (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`). A path too long for one call, or a system
+/// without `openat2` (kernels before 5.6, valgrind before 3.22), is walked directory by directory
+/// with `O_NOFOLLOW` at each step, which refuses the same symlinks.
 pub(crate) fn open_beneath(top: BorrowedFd<'_>, rel: &Path) -> std::io::Result<File> {
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
     match nix::fcntl::openat2(top, rel, how) {
         Ok(fd) => Ok(File::from(fd)),
-        Err(Errno::ENAMETOOLONG) => {
+        Err(Errno::ENAMETOOLONG | Errno::ENOSYS) => {
             let mut parts: Vec<&OsStr> = rel
                 .components()
                 .map(|c| match c {

@@ -86,6 +86,13 @@ impl Env {
         PathBuf::from("/run/vorpalfs").join(format!("builds-{}", &id[..16]))
     }
 
+    /// The running (or leftover) builds' workspaces: the builds directory less the builders'
+    /// view of the mount.
+    pub fn workspaces(&self) -> Vec<std::ffi::OsString> {
+        let dir = std::fs::read_dir(self.builds_dir()).expect("the builds directory");
+        dir.map(|e| e.unwrap().file_name()).filter(|n| n != "store").collect()
+    }
+
     /// A `vorpalfs` command bound to this env's store.
     pub fn cmd<I, S>(&self, args: I) -> Command
     where
@@ -165,6 +172,7 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         // A root daemon's (empty by now) directory of workspaces.
+        let _ = std::fs::remove_dir(self.builds_dir().join("store"));
         let _ = std::fs::remove_dir(self.builds_dir());
     }
 }

@@ -122,6 +122,9 @@ pub fn spawn_daemon(settings: &Settings, mountpoint: &Path, threads: Option<usiz
     if let Some(p) = settings.build_processes {
         cmd.arg("--build-processes").arg(p.to_string());
     }
+    if let Some(m) = settings.max_download {
+        cmd.arg("--max-download").arg(m.to_string());
+    }
     if let Some(g) = &settings.admin_group {
         cmd.arg("--admin-group").arg(g);
     }

@@ -245,6 +245,18 @@ mod tests {
         assert!(matches!(read_frame(&mut &buf[..]).unwrap(), Some(Frame::Stderr(b)) if b == b"hi"));
     }
 
+    proptest::proptest! {
+        // The fuzz target `daemon_frame`'s body, on stable: any bytes from a peer decode to
+        // frames or an error, never a panic.
+        #[test]
+        fn any_bytes_from_a_peer_are_frames_or_an_error(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), tag in proptest::sample::select(b"qoevrxz".to_vec())) {
+            let mut r = &data[..];
+            while let Ok(Some(_)) = read_frame(&mut r) {}
+            let framed = [&[tag][..], &(data.len() as u32).to_le_bytes(), &data].concat();
+            let _ = read_frame(&mut &framed[..]);
+        }
+    }
+
     #[test]
     fn oversized_unknown_and_truncated_frames_are_errors() {
         let mut head = vec![b'o'];

@@ -120,6 +120,7 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
         }
     });
     let _ = std::fs::remove_file(&sock);
+    daemon.builder.close();
     mounted.unmount().context("unmount failed")?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     tracing::info!("unmounted");

@@ -11,7 +11,13 @@
 //! | `roots`      | root name (bytes)            | tree digest (32 B)                      |
 //! | `root_trees` | tree digest ‖ root name      | empty: which roots name a tree          |
 //! | `meta`       | a [`Meta`] key               | recipes, aliases, fetched sources/packs |
-//! | `remote`     | chunk id (32 B)              | [`RemoteLocator`] in S3                 |
+//! | `remote`     | chunk id ‖ pack digest       | [`RemoteLocator`] in S3 ‖ [`Place`]     |
+//!
+//! A chunk may have several places in S3 (one per remote pack holding it). An index fetched
+//! from S3 only adds places, never replaces one; a place is `Verified` once this host uploaded
+//! it or checked its bytes (only those are reused by a push), and `Wrong` once it gave wrong
+//! bytes or named a pack S3 does not have (kept, so that no index adds it again). Stores
+//! written before places were keyed by pack have 32-byte keys: they read as unchecked places.
 //!
 //! Writes happen only through a [`Batch`] of typed operations, committed at once: a set of
 //! objects becomes visible all together or not at all.
@@ -69,6 +75,8 @@ pub(crate) enum Meta<'a> {
     FetchedPack(u64),
     /// Set once the `root_trees` table has been filled for existing roots.
     RootTreesFilled,
+    /// A remote index whose chunk places have been recorded here.
+    AppliedIndex(&'a Digest),
 }
 
 impl Meta<'_> {
@@ -79,8 +87,43 @@ impl Meta<'_> {
             Meta::FetchedSource(b) => [b"fetched:".as_slice(), b.as_bytes()].concat(),
             Meta::FetchedPack(id) => [b"fetched-pack:".as_slice(), &id.to_be_bytes()].concat(),
             Meta::RootTreesFilled => b"root-trees-filled".to_vec(),
+            Meta::AppliedIndex(d) => [b"applied-index:".as_slice(), d.as_bytes()].concat(),
         }
     }
+}
+
+/// What is known of a place of a chunk in S3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// Named by an index from S3; not checked yet.
+    Unchecked = 0,
+    /// Uploaded by this host, or its bytes were fetched and checked here.
+    Verified = 1,
+    /// Gave wrong bytes, or names a pack S3 does not have.
+    Wrong = 2,
+}
+
+impl Place {
+    fn from_flag(flag: &[u8]) -> Place {
+        match flag {
+            [1] => Place::Verified,
+            [2] => Place::Wrong,
+            _ => Place::Unchecked,
+        }
+    }
+}
+
+/// One place of a chunk in S3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RemotePlace {
+    pub loc: RemoteLocator,
+    pub state: Place,
+    /// Stored under the chunk id alone (a store from before places were keyed by pack).
+    legacy: bool,
+}
+
+fn remote_key(id: &Digest, pack: &Digest) -> Vec<u8> {
+    [id.as_bytes().as_slice(), pack.as_bytes()].concat()
 }
 
 /// The metadata index of one store.
@@ -136,8 +179,19 @@ impl Batch {
         self.delete(Cf::Chunks, id.as_bytes());
     }
 
-    pub fn put_remote(&mut self, id: &Digest, loc: &RemoteLocator) {
-        self.put(Cf::Remote, id.as_bytes(), &loc.encode());
+    /// Records a place of chunk `id` in S3 and what is known of it.
+    pub fn put_remote(&mut self, id: &Digest, loc: &RemoteLocator, state: Place) {
+        let mut v = loc.encode();
+        v.push(state as u8);
+        self.put(Cf::Remote, &remote_key(id, &loc.pack), &v);
+    }
+
+    /// Marks a place of chunk `id` in S3 as wrong.
+    pub fn wrong_remote(&mut self, id: &Digest, place: &RemotePlace) {
+        if place.legacy {
+            self.delete(Cf::Remote, id.as_bytes());
+        }
+        self.put_remote(id, &place.loc, Place::Wrong);
     }
 
     pub fn put_pack(&mut self, id: u64, info: &PackInfo) {
@@ -294,8 +348,47 @@ impl Index {
         self.contains(Cf::Chunks, id.as_bytes())
     }
 
-    pub fn remote_locator(&self, id: &Digest) -> Result<Option<RemoteLocator>> {
-        self.get(Cf::Remote, id.as_bytes())?.map(|v| RemoteLocator::decode(&v, id)).transpose()
+    /// The known places of chunk `id` in S3: verified ones first, wrong ones last.
+    pub fn remote_places(&self, id: &Digest) -> Result<Vec<RemotePlace>> {
+        let mut out = Vec::new();
+        let mut bad = None;
+        self.scan_from(Cf::Remote, id.as_bytes(), |k, v| {
+            if !k.starts_with(id.as_bytes()) {
+                return false;
+            }
+            let (loc, flag) = v.split_at(v.len().min(RemoteLocator::LEN));
+            match RemoteLocator::decode(loc, id) {
+                Ok(loc) => out.push(RemotePlace { loc, state: Place::from_flag(flag), legacy: k.len() == 32 }),
+                Err(e) => bad = Some(e),
+            }
+            true
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        out.sort_by_key(|p| match p.state {
+            Place::Verified => 0,
+            Place::Unchecked => 1,
+            Place::Wrong => 2,
+        });
+        Ok(out)
+    }
+
+    /// The best known place of chunk `id` in S3 (a verified one if any), never a wrong one.
+    pub fn remote_place(&self, id: &Digest) -> Result<Option<RemotePlace>> {
+        Ok(self.remote_places(id)?.into_iter().next().filter(|p| p.state != Place::Wrong))
+    }
+
+    /// Whether `pack` is a known place of chunk `id`.
+    pub fn has_remote_place(&self, id: &Digest, pack: &Digest) -> Result<bool> {
+        if self.contains(Cf::Remote, &remote_key(id, pack))? {
+            return Ok(true);
+        }
+        // A place recorded before places were keyed by pack.
+        let legacy = self.get(Cf::Remote, id.as_bytes())?;
+        Ok(legacy
+            .and_then(|v| RemoteLocator::decode(&v[..v.len().min(RemoteLocator::LEN)], id).ok())
+            .is_some_and(|l| l.pack == *pack))
     }
 
     pub fn root(&self, name: &str) -> Result<Option<Digest>> {

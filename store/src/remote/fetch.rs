@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::error::{Error, Result};
-use crate::local::index::Batch;
+use crate::error::{Error, RemoteError, Result};
+use crate::local::index::{Batch, Meta, Place, RemotePlace};
 use crate::local::pack::{PackWriter, RECORD_HEADER, decode_chunk};
 use crate::model::digest::Digest;
 use crate::model::records::{FileRecord, RemoteLocator};
@@ -79,7 +79,7 @@ impl Store {
     pub fn resolve_remote(&self, name: &str) -> Result<Option<Resolved>> {
         let remote = self.remote_or_err()?;
         let Some(root) = remote.wait(fetch_root_object(remote.clone(), name.to_string()))? else { return Ok(None) };
-        let index = match self.index.has_tree(&root.tree)? {
+        let index = match self.knows(&root)? {
             true => None,
             false => Some(remote.wait(fetch_index(remote.clone(), root.index))?),
         };
@@ -90,7 +90,7 @@ impl Store {
     pub async fn resolve_remote_async(self: Arc<Self>, name: String) -> Result<Option<Resolved>> {
         let remote = self.remote_or_err()?.clone();
         let Some(root) = fetch_root_object(remote.clone(), name.clone()).await? else { return Ok(None) };
-        let index = match self.index.has_tree(&root.tree)? {
+        let index = match self.knows(&root)? {
             true => None,
             false => Some(fetch_index(remote, root.index).await?),
         };
@@ -98,6 +98,12 @@ impl Store {
         tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, root, index }).map(Some))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Whether a root object's tree is here and its index's chunk places are recorded (if not,
+    /// the index is fetched: it may know places of chunks that are not here).
+    fn knows(&self, root: &RootObject) -> Result<bool> {
+        Ok(self.index.has_tree(&root.tree)? && self.index.meta(Meta::AppliedIndex(&root.index))?.is_some())
     }
 
     /// Checks a root fetched from S3 and records it with its metadata, in one commit.
@@ -123,44 +129,57 @@ impl Store {
                 digest: r.root.index,
                 detail: format!("it lacks {what} {digest} of root {}", r.name),
             };
-            // The closure, walked from the root: everything must be in the index or here.
+            // The closure, walked from the root: every tree, file and chunk must be in the index
+            // or here. The index adds places for the chunks of this closure only, and never
+            // replaces a place already known.
             let mut stack = vec![r.root.tree];
             let mut seen = std::collections::HashSet::new();
             while let Some(t) = stack.pop() {
                 if !seen.insert(t) {
                     continue;
                 }
-                let Some(enc) = trees.get(&t) else {
-                    if self.index.has_tree(&t)? {
-                        continue;
+                let here = self.index.has_tree(&t)?;
+                let enc = match (trees.remove(&t), here) {
+                    (Some(enc), false) => {
+                        batch.put_tree(&t, &enc);
+                        enc
                     }
-                    return Err(lacks("tree", t));
+                    (_, true) => self.index.tree(&t)?.ok_or(Error::Missing { what: "tree", digest: t })?,
+                    (None, false) => return Err(lacks("tree", t)),
                 };
-                if !self.index.has_tree(&t)? {
-                    batch.put_tree(&t, enc);
-                }
-                for e in Tree::decode(enc, &t)?.entries() {
+                for e in Tree::decode(&enc, &t)?.entries() {
                     match &e.kind {
                         EntryKind::Dir { digest, .. } => stack.push(*digest),
                         EntryKind::File { digest, .. } => {
-                            if !seen.insert(*digest) || self.index.has_file(digest)? {
+                            if !seen.insert(*digest) {
                                 continue;
                             }
-                            let enc = files.get(digest).ok_or_else(|| lacks("file", *digest))?;
-                            for c in FileRecord::decode(enc, digest)?.chunks {
+                            let here = self.index.has_file(digest)?;
+                            let enc = match (files.get(digest), here) {
+                                (Some(enc), false) => {
+                                    batch.put_file(digest, enc);
+                                    enc.clone()
+                                }
+                                (_, true) => {
+                                    self.index.file(digest)?.ok_or(Error::Missing { what: "file", digest: *digest })?
+                                }
+                                (None, false) => return Err(lacks("file", *digest)),
+                            };
+                            for c in FileRecord::decode(&enc, digest)?.chunks {
                                 match places.get(&c.id) {
-                                    Some(l) => batch.put_remote(&c.id, l),
+                                    Some(l) if self.index.has_remote_place(&c.id, &l.pack)? => {}
+                                    Some(l) => batch.put_remote(&c.id, l, Place::Unchecked),
                                     None if self.index.has_chunk(&c.id)?
-                                        || self.index.remote_locator(&c.id)?.is_some() => {}
+                                        || self.index.remote_place(&c.id)?.is_some() => {}
                                     None => return Err(lacks("the place of chunk", c.id)),
                                 }
                             }
-                            batch.put_file(digest, enc);
                         }
                         EntryKind::Symlink { .. } => {}
                     }
                 }
             }
+            batch.put_meta(Meta::AppliedIndex(&r.root.index), b"");
         } else if !self.index.has_tree(&r.root.tree)? {
             // Went away (gc) between the question and now: the next lookup fetches the index.
             return Err(Error::Missing { what: "tree", digest: r.root.tree });
@@ -171,60 +190,163 @@ impl Store {
         Ok(Resolved { root: r.name, tree: r.root.tree, remote: true })
     }
 
-    /// Where a chunk is in S3, if known.
-    pub(crate) fn remote_locator(&self, id: &Digest) -> Result<Option<RemoteLocator>> {
-        self.index.remote_locator(id)
+    /// Where a chunk is in S3, if known: a place this host verified if there is one.
+    pub(crate) fn remote_place(&self, id: &Digest) -> Result<Option<RemotePlace>> {
+        self.index.remote_place(id)
+    }
+
+    /// Marks the place of chunk `id` in `pack` wrong: what it gave was wrong or missing. The
+    /// next read of the chunk tries its next place, if any.
+    pub(crate) fn forget_place(&self, id: &Digest, pack: &Digest, why: &Error) -> Result<()> {
+        let mut batch = Batch::default();
+        for p in self.index.remote_places(id)?.iter().filter(|p| p.loc.pack == *pack && p.state != Place::Wrong) {
+            batch.wrong_remote(id, p);
+        }
+        if !batch.is_empty() {
+            tracing::warn!(chunk = %id, pack = %pack, "a place of a chunk in S3 is wrong, not used again: {why}");
+        }
+        self.commit(batch)
+    }
+
+    /// The place to fetch chunk `id` from: `None` when S3 has none, an error when every place
+    /// known was wrong.
+    pub(crate) fn place_to_fetch(&self, id: &Digest) -> Result<Option<RemotePlace>> {
+        let places = self.index.remote_places(id)?;
+        match places.first() {
+            Some(p) if p.state == Place::Wrong => Err(Error::Corrupt {
+                what: "chunk",
+                digest: *id,
+                detail: format!(
+                    "where S3 has it gave wrong bytes or is missing (S3 pack {} at {}{})",
+                    p.loc.pack,
+                    p.loc.offset,
+                    match places.len() {
+                        1 => String::new(),
+                        n => format!(", and {} more places", n - 1),
+                    }
+                ),
+            }),
+            p => Ok(p.copied()),
+        }
     }
 
     /// The GET that fetches chunk `i` of `file`: the chunk, and the chunks after it in the file
     /// that are neither here nor in memory and sit right after it in the same remote pack, up to
     /// READAHEAD bytes. `None` when S3 does not have the chunk.
     fn fetch_plan(&self, file: &FileRecord, i: usize) -> Result<Option<Run>> {
-        let Some(rl) = self.remote_locator(&file.chunks[i].id)? else { return Ok(None) };
+        let Some(first) = self.place_to_fetch(&file.chunks[i].id)? else { return Ok(None) };
+        let rl = first.loc;
         let mut run = vec![(file.chunks[i].id, rl)];
         let mut end = rl.offset + u64::from(rl.stored_len);
         for c in &file.chunks[i + 1..] {
             if end - rl.offset >= READAHEAD || self.chunks.contains(&c.id) || self.index.has_chunk(&c.id)? {
                 break;
             }
-            match self.remote_locator(&c.id)? {
-                Some(next) if next.pack == rl.pack && next.offset == end + RECORD_HEADER => {
-                    end = next.offset + u64::from(next.stored_len);
-                    run.push((c.id, next));
+            let places = self.index.remote_places(&c.id)?;
+            let next = |p: &&RemotePlace| {
+                p.state != Place::Wrong && p.loc.pack == rl.pack && p.loc.offset == end + RECORD_HEADER
+            };
+            match places.iter().find(next) {
+                Some(next) => {
+                    end = next.loc.offset + u64::from(next.loc.stored_len);
+                    run.push((c.id, next.loc));
                 }
-                _ => break,
+                None => break,
             }
         }
         Ok(Some(Run { chunks: run }))
     }
 
+    /// Whether a failed fetch of a run says its first place is wrong (so the place is dropped
+    /// and the next one tried) rather than that S3 could not be asked.
+    fn place_is_wrong(e: &Error) -> bool {
+        matches!(
+            e,
+            Error::Corrupt { .. } | Error::Remote { source: RemoteError::NotFound | RemoteError::ShortRead { .. }, .. }
+        )
+    }
+
+    /// A GET of a run failed. When S3 says the pack is not there, or shorter than the index
+    /// says, or not what its name says, the run's places are wrong and are forgotten.
+    pub(crate) fn missing_pack(&self, run: &Run, e: Error) -> Error {
+        let wrong = matches!(
+            &e,
+            Error::Remote { source: RemoteError::NotFound | RemoteError::ShortRead { .. }, .. }
+                | Error::Corrupt { what: "pack", .. }
+        );
+        if wrong {
+            for (id, _) in &run.chunks {
+                if let Err(f) = self.forget_place(id, &run.pack(), &e) {
+                    return f;
+                }
+            }
+        }
+        e
+    }
+
+    /// How many places of one chunk a read tries before it gives up.
+    const MAX_PLACES_TRIED: usize = 4;
+
     /// Fetches chunk `i` of `file` (and its readahead) from S3, blocking. `None`: not in S3.
+    /// A place that fails (wrong bytes, no such pack) is dropped and the chunk's next place tried.
     pub(crate) fn fetch_blocking(&self, file: &FileRecord, i: usize) -> Result<Option<Bytes>> {
-        let Some(run) = self.fetch_plan(file, i)? else { return Ok(None) };
-        let _span =
-            tracing::debug_span!("fetch", chunks = run.chunks.len(), bytes = run.range().end - run.range().start)
-                .entered();
         let remote = self.remote_or_err()?;
-        let bytes = remote.wait(remote.get_range(format::pack_key(&run.pack()), run.range()))?;
-        self.accept_run(&run, bytes, false).map(Some)
+        let mut failed = None;
+        for _ in 0..Self::MAX_PLACES_TRIED {
+            let run = match self.fetch_plan(file, i) {
+                Ok(Some(run)) => run,
+                Ok(None) => break,
+                // Every place is wrong now: the first failure says best why.
+                Err(e) => return Err(failed.unwrap_or(e)),
+            };
+            let _span =
+                tracing::debug_span!("fetch", chunks = run.chunks.len(), bytes = run.range().end - run.range().start)
+                    .entered();
+            let got = match remote.wait(remote.get_range(format::pack_key(&run.pack()), run.range())) {
+                Ok(bytes) => self.accept_run(&run, bytes, false),
+                Err(e) => Err(self.missing_pack(&run, e)),
+            };
+            match got {
+                Ok(b) => return Ok(Some(b)),
+                Err(e) if Self::place_is_wrong(&e) => failed = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        failed.map_or(Ok(None), Err)
     }
 
     /// [`Store::fetch_blocking`] on the I/O runtime.
     pub(crate) async fn fetch_async(self: &Arc<Self>, file: Arc<FileRecord>, i: usize) -> Result<Option<Bytes>> {
-        let Some(run) = self.fetch_plan(&file, i)? else { return Ok(None) };
-        let remote = self.remote_or_err()?;
-        let span =
-            tracing::debug_span!("fetch", chunks = run.chunks.len(), bytes = run.range().end - run.range().start);
-        let bytes =
-            tracing::Instrument::instrument(remote.get_range(format::pack_key(&run.pack()), run.range()), span).await?;
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.accept_run(&run, bytes, false).map(Some))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        let remote = self.remote_or_err()?.clone();
+        let mut failed = None;
+        for _ in 0..Self::MAX_PLACES_TRIED {
+            let run = match self.fetch_plan(&file, i) {
+                Ok(Some(run)) => run,
+                Ok(None) => break,
+                Err(e) => return Err(failed.unwrap_or(e)),
+            };
+            let span =
+                tracing::debug_span!("fetch", chunks = run.chunks.len(), bytes = run.range().end - run.range().start);
+            let get = remote.get_range(format::pack_key(&run.pack()), run.range());
+            let store = self.clone();
+            let got = match tracing::Instrument::instrument(get, span).await {
+                Ok(bytes) => tokio::task::spawn_blocking(move || store.accept_run(&run, bytes, false))
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+                Err(e) => Err(self.missing_pack(&run, e)),
+            };
+            match got {
+                Ok(b) => return Ok(Some(b)),
+                Err(e) if Self::place_is_wrong(&e) => failed = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        failed.map_or(Ok(None), Err)
     }
 
     /// Verifies the chunks of a fetched run, keeps the good ones on disk and in memory, and
     /// returns the first (the one asked for). A damaged chunk after the first is only left out.
+    /// The place of a damaged chunk is forgotten (its next place, if any, is tried next time).
     /// `held`: the caller is a pull, holding `gc_lock` shared already.
     pub(crate) fn accept_run(&self, run: &Run, bytes: Bytes, held: bool) -> Result<Bytes> {
         let start = run.range().start;
@@ -243,8 +365,12 @@ impl Store {
                     }
                     good.push((*id, *rl, stored));
                 }
-                Err(e) if n == 0 => return Err(e),
-                Err(e) => tracing::warn!("readahead: {e}"),
+                Err(e) => {
+                    self.forget_place(id, &rl.pack, &e)?;
+                    if n == 0 {
+                        return Err(e);
+                    }
+                }
             }
         }
         match self.keep_fetched(&good, held) {
@@ -284,6 +410,8 @@ impl Store {
             let w = slot.as_mut().expect("just opened");
             let loc = w.append(id, rl.raw_len, rl.codec, stored)?;
             batch.put_locator(id, &loc);
+            // The place gave the right bytes: a push may now name it.
+            batch.put_remote(id, rl, Place::Verified);
             self.fetched.touch_new(w.id());
         }
         let full = slot.as_ref().is_some_and(|w| w.len() >= self.fetch_pack_size());

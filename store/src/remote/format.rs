@@ -126,7 +126,7 @@ pub fn decode_index(bytes: &[u8], digest: &Digest, f: impl FnMut(IndexEntry) -> 
     decode_index_capped(bytes, digest, MAX_INDEX_RAW, f)
 }
 
-fn decode_index_capped(
+pub(crate) fn decode_index_capped(
     bytes: &[u8],
     digest: &Digest,
     cap: u64,

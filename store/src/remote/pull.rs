@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::{Error, RemoteError, Result};
-use crate::local::index::Batch;
+use crate::local::index::{Batch, Place};
 use crate::local::pack::{PACK_HEADER, PackInfo, PackWriter, RECORD_HEADER};
 use crate::model::digest::Digest;
 use crate::model::records::RemoteLocator;
@@ -48,7 +48,7 @@ impl Store {
             if self.index.has_chunk(id)? {
                 continue;
             }
-            let rl = self.remote_locator(id)?.ok_or(Error::Missing { what: "chunk (here or in S3)", digest: *id })?;
+            let rl = self.place_to_fetch(id)?.ok_or(Error::Missing { what: "chunk (here or in S3)", digest: *id })?.loc;
             by_pack.entry(rl.pack).or_default().push((*id, rl));
         }
         let total: u64 = by_pack.values().flatten().map(|(_, rl)| u64::from(rl.stored_len)).sum();
@@ -84,12 +84,13 @@ impl Store {
                     while out.lock().unwrap().2.is_none() {
                         let Some((whole, run)) = jobs.get(next.fetch_add(1, Ordering::SeqCst)) else { return };
                         let r = if *whole {
-                            self.pull_pack(run)
+                            self.pull_pack(run).map_err(|e| self.missing_pack(run, e))
                         } else {
-                            remote
-                                .wait(remote.get_range(format::pack_key(&run.pack()), run.range()))
-                                .and_then(|bytes| self.accept_run(run, bytes, true))
-                                .map(|_| run.chunks.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum())
+                            match remote.wait(remote.get_range(format::pack_key(&run.pack()), run.range())) {
+                                Ok(bytes) => self.accept_run(run, bytes, true),
+                                Err(e) => Err(self.missing_pack(run, e)),
+                            }
+                            .map(|_| run.chunks.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum())
                         };
                         let mut o = out.lock().unwrap();
                         match r {
@@ -163,14 +164,32 @@ impl Store {
             return Err(e);
         }
         let (pid, info) = w.seal()?;
+        // The pack is what its name says, but whoever wrote the index chose the offsets: each
+        // wanted chunk is checked where the index puts it before it is indexed here.
         let mut batch = Batch::default();
-        batch.put_fetched_pack(pid);
-        batch.put_pack(pid, &PackInfo { chunks: run.chunks.len() as u32, ..info });
+        let mut wrong = None;
+        let mut good = 0u32;
         for (id, rl) in &run.chunks {
-            batch.put_locator(id, &rl.moved(pid, PACK_HEADER + rl.offset));
+            let loc = rl.moved(pid, PACK_HEADER + rl.offset);
+            match self.packs.read_chunk(id, &loc) {
+                Ok(_) => {
+                    batch.put_locator(id, &loc);
+                    batch.put_remote(id, rl, Place::Verified);
+                    good += 1;
+                }
+                Err(e) => {
+                    self.forget_place(id, &pack, &e)?;
+                    wrong.get_or_insert(e);
+                }
+            }
         }
+        batch.put_fetched_pack(pid);
+        batch.put_pack(pid, &PackInfo { chunks: good, ..info });
         self.commit(batch)?;
         self.fetched.touch_new(pid);
-        Ok(run.chunks.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum())
+        match wrong {
+            Some(e) => Err(e),
+            None => Ok(run.chunks.iter().map(|(_, rl)| u64::from(rl.stored_len)).sum()),
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::error::{Error, IoContext, Result};
-use crate::local::index::Batch;
+use crate::local::index::{Batch, Meta, Place};
 use crate::local::pack::{RECORD_HEADER, record_header};
 use crate::model::digest::Digest;
 use crate::model::records::{FileRecord, Locator, RemoteLocator};
@@ -109,19 +109,28 @@ impl Store {
         }
         let c = self.closure(&tree)?;
         report.chunks = c.chunks.len() as u64;
+        // Only places this host uploaded or checked are named in the index it writes: a place
+        // that another host's index claims may be wrong, and the bytes here are the truth. A
+        // chunk with neither a checked place nor local bytes is fetched (and checked) first.
+        let unchecked = |id: &Digest| -> Result<bool> {
+            Ok(!self.index.has_chunk(id)? && !self.remote_place(id)?.is_some_and(|p| p.state == Place::Verified))
+        };
+        if c.chunks.iter().try_fold(false, |any, id| Ok::<_, Error>(any || unchecked(id)?))? {
+            self.pull(&tree.to_hex(), &|_, _| {})?;
+        }
         let mut locs: HashMap<Digest, RemoteLocator> = HashMap::new();
         let mut new = Vec::new();
         for id in &c.chunks {
-            match self.remote_locator(id)? {
-                Some(l) => drop(locs.insert(*id, l)),
-                None => new.push((*id, self.index.locator(id)?.ok_or(Error::Missing { what: "chunk", digest: *id })?)),
+            match self.remote_place(id)? {
+                Some(p) if p.state == Place::Verified => drop(locs.insert(*id, p.loc)),
+                _ => new.push((*id, self.index.locator(id)?.ok_or(Error::Missing { what: "chunk", digest: *id })?)),
             }
         }
         report.new_chunks = new.len() as u64;
         let uploaded = self.upload_packs(remote, &tree, &new, progress);
         let mut batch = Batch::default();
         for (id, rl) in &uploaded.placed {
-            batch.put_remote(id, rl);
+            batch.put_remote(id, rl, Place::Verified);
             locs.insert(*id, *rl);
         }
         report.uploaded_bytes = uploaded.bytes;
@@ -149,6 +158,7 @@ impl Store {
             remote.wait(remote.put(format::root_key(&tree.to_hex()), obj.clone()))?;
         }
         remote.wait(remote.put(format::root_key(&name), obj))?;
+        batch.put_meta(Meta::AppliedIndex(&index_digest), b"");
         self.commit(batch)?;
         Ok(report)
     }

@@ -129,7 +129,7 @@ fn a_corrupted_pack_is_an_error_never_wrong_bytes() {
     let b = host(&mem, None);
     b.store.resolve(&d.to_hex()).unwrap();
     let e = file_bytes(&b.store, &d, "big/a.bin").unwrap_err();
-    assert!(e.is_corruption() && e.to_string().contains("fetched from S3 pack"), "{e}");
+    assert!(e.is_corruption() && e.to_string().contains("S3 pack"), "{e}");
     // A pull takes whole packs, checked against their names: refused, nothing kept.
     let c = host(&mem, None);
     let e = c.store.pull(&d.to_hex(), &|_, _| {}).unwrap_err();
@@ -290,4 +290,82 @@ fn two_hosts_pushing_one_tree_write_the_same_objects() {
     assert!(mem.object(&format::root_key(&da.to_hex())).is_some());
     let c = host(&mem, None);
     assert_eq!(c.store.resolve("x").unwrap().tree, da);
+}
+
+/// Someone who can write to the bucket publishes root `evil`: the tree of root `good`, with an
+/// index placing every chunk in a pack of their own (garbage, correctly named). Returns the
+/// source of `good` and its tree.
+fn good_and_evil(mem: &Arc<MemoryStore>) -> (tempfile::TempDir, crate::Digest) {
+    let src = tempfile::tempdir().unwrap();
+    tree(src.path());
+    let a = host(mem, None);
+    let d = a.store.ingest(src.path(), Some("good")).unwrap().root;
+    a.store.push("good", &|_, _| {}).unwrap();
+    let good = format::RootObject::parse(&mem.object(&format::root_key("good")).unwrap()).unwrap();
+    let bytes = mem.object(&format::index_key(&good.index)).unwrap();
+    let (mut trees, mut files, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+    format::decode_index(&bytes, &good.index, |e| {
+        match e {
+            format::IndexEntry::Tree(d, b) => trees.push((d, b)),
+            format::IndexEntry::File(d, b) => files.push((d, crate::FileRecord::decode(&b, &d).unwrap())),
+            format::IndexEntry::Chunk(id, l) => chunks.push((id, l)),
+        }
+        Ok(())
+    })
+    .unwrap();
+    let end = chunks.iter().map(|(_, l)| l.offset + u64::from(l.stored_len)).max().unwrap();
+    let pack = pseudo_random(end as usize, 99);
+    let pack_digest = crate::Digest(*blake3::hash(&pack).as_bytes());
+    mem.insert(&format::pack_key(&pack_digest), pack);
+    for (_, l) in &mut chunks {
+        l.pack = pack_digest;
+    }
+    let index = format::encode_index(&trees, &files, &chunks).unwrap();
+    let index_digest = crate::Digest(*blake3::hash(&index).as_bytes());
+    mem.insert(&format::index_key(&index_digest), index);
+    mem.insert(&format::root_key("evil"), format::RootObject { tree: d, index: index_digest }.encode());
+    (src, d)
+}
+
+fn same_bytes(store: &Store, d: &crate::Digest, src: &Path) {
+    for path in ["big/a.bin", "big/b.bin", "small/f3"] {
+        let got = file_bytes(store, d, path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(got == std::fs::read(src.join(path)).unwrap(), "{path}: wrong bytes");
+    }
+}
+
+#[test]
+fn a_remote_index_cannot_take_over_the_chunk_places_of_another_root() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = good_and_evil(&mem);
+    // The honest root first, then the hostile one: its places are added, never replace, and
+    // a place that gives wrong bytes is dropped for the next.
+    let b = host(&mem, None);
+    assert_eq!(b.store.resolve("good").unwrap().tree, d);
+    assert_eq!(b.store.resolve("evil").unwrap().tree, d);
+    same_bytes(&b.store, &d, src.path());
+    // The hostile root first: reads fail (never wrong bytes) until an honest root of the same
+    // tree is looked up, whose index is then fetched although the tree is already here.
+    let c = host(&mem, None);
+    c.store.resolve("evil").unwrap();
+    let e = file_bytes(&c.store, &d, "small/f3").unwrap_err();
+    assert!(e.is_corruption(), "{e}");
+    c.store.resolve("good").unwrap();
+    same_bytes(&c.store, &d, src.path());
+}
+
+#[test]
+fn a_push_never_names_chunk_places_it_has_not_checked() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = good_and_evil(&mem);
+    // A host that learnt only the hostile places, and holds the same data as its own build.
+    let c = host(&mem, None);
+    c.store.resolve("evil").unwrap();
+    c.store.ingest(src.path(), Some("mine")).unwrap();
+    c.store.push("mine", &|_, _| {}).unwrap();
+    // A fresh host reading `mine` gets the right bytes: the push uploaded what it could not
+    // vouch for instead of pointing at the hostile pack.
+    let e = host(&mem, None);
+    assert_eq!(e.store.resolve("mine").unwrap().tree, d);
+    same_bytes(&e.store, &d, src.path());
 }

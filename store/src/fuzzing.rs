@@ -1,0 +1,73 @@
+//! The bodies of the fuzz targets (`fuzz/`) for the decoders of bytes from disk and from S3,
+//! shared with the stable "arbitrary bytes" property tests (`store/tests/decoders.rs`), so both
+//! check the same thing: no input panics or allocates past a decoder's cap, and what decodes
+//! re-encodes to the same bytes (the encodings are canonical). Not part of the API.
+
+use crate::model::digest::{Digest, Kind};
+use crate::model::records::{FileRecord, Locator, RemoteLocator};
+use crate::model::tree::Tree;
+use crate::remote::format::{self, IndexEntry, RootObject};
+
+/// A tree encoding (named by its own digest, so decoding gets past the name check).
+pub fn tree(data: &[u8]) {
+    let d = Digest::of(Kind::Tree, data);
+    if let Ok(t) = Tree::decode(data, &d) {
+        assert_eq!(t.encode(), data, "a decoded tree re-encodes to other bytes");
+    }
+}
+
+/// A file record (named by its own digest).
+pub fn file_record(data: &[u8]) {
+    let d = Digest::of(Kind::File, data);
+    if let Ok(f) = FileRecord::decode(data, &d) {
+        assert_eq!(f.encode(), data, "a decoded file record re-encodes to other bytes");
+        assert_eq!(f.chunks.iter().map(|c| u64::from(c.len)).sum::<u64>(), f.size);
+    }
+}
+
+/// A chunk locator (local and remote) followed by the stored bytes of a pack record: decoding
+/// never yields more than the locator's (bounded) length, nor bytes that do not hash to the id.
+pub fn chunk(data: &[u8]) {
+    if data.len() < 32 + Locator::LEN {
+        return;
+    }
+    let id = Digest::from_slice(&data[..32]).expect("32 bytes");
+    let Ok(loc) = Locator::decode(&data[32..32 + Locator::LEN], &id) else { return };
+    let _ = RemoteLocator::decode(&data[..RemoteLocator::LEN.min(data.len())], &id);
+    let stored = bytes::Bytes::copy_from_slice(&data[32 + Locator::LEN..]);
+    if let Ok(out) = crate::local::pack::decode_chunk(&id, &loc, stored, &|| "fuzz".into()) {
+        assert_eq!(out.len(), loc.raw_len as usize);
+        assert_eq!(Digest::of(Kind::Chunk, &out), id);
+    }
+}
+
+/// A remote index: the input as the object itself, and (with the first byte odd) the input as
+/// the decompressed stream, compressed first so that the record parser is reached. Decoding is
+/// capped at 64 MiB of output here.
+pub fn remote_index(data: &[u8]) {
+    let compressed;
+    let object = match data.first() {
+        Some(b) if b & 1 == 1 => {
+            compressed = zstd::bulk::compress(&data[1..], 1).expect("zstd compresses from memory");
+            &compressed[..]
+        }
+        _ => data,
+    };
+    let d = Digest(*blake3::hash(object).as_bytes());
+    let mut seen = 0usize;
+    let _ = format::decode_index_capped(object, &d, 64 << 20, |e| {
+        seen += match &e {
+            IndexEntry::Tree(_, b) | IndexEntry::File(_, b) => b.len(),
+            IndexEntry::Chunk(..) => 1,
+        };
+        assert!(seen <= 64 << 20, "an index handed out more than it may decompress to");
+        Ok(())
+    });
+}
+
+/// A root object: what parses prints back the same.
+pub fn root_object(data: &[u8]) {
+    if let Some(r) = RootObject::parse(data) {
+        assert_eq!(RootObject::parse(&r.encode()), Some(r));
+    }
+}
