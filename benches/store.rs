@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the store's hot functions: chunking, hashing, compression, and
-//! whole-tree ingest. Run: `cargo bench -p vorpalfs-benches`.
+//! whole-tree ingest, and checking a signed root object. Run: `cargo bench -p vorpalfs-benches`.
 
 use std::hint::black_box;
 
@@ -99,5 +99,24 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunking, hashing, compression, ingest);
+/// What a signed root costs a host that looks it up: parsing the root object and checking its
+/// signatures (two builders signed it; the host trusts the second).
+fn root_signatures(c: &mut Criterion) {
+    use vorpalfs_store::remote::format::RootObject;
+    use vorpalfs_store::remote::trust::{RootKind, SecretKey, Trust};
+    let (a, b) = (SecretKey::generate("builder-a").unwrap(), SecretKey::generate("builder-b").unwrap());
+    let mut obj = RootObject::new(RootKind::Result, Digest([1; 32]), Digest([2; 32]));
+    obj.sign("name", &a);
+    obj.sign("name", &b);
+    let bytes = obj.encode();
+    let trust = Trust { signer: None, trusted: vec![b.public()], trust_unsigned: false };
+    c.bench_function("root_object_parse_and_verify", |bench| {
+        bench.iter(|| {
+            let o = RootObject::parse(&bytes).unwrap();
+            assert!(trust.trusted_signer(&o.sigs, |k, t| o.statement("name", k, t)).is_some());
+        })
+    });
+}
+
+criterion_group!(benches, chunking, hashing, compression, ingest, root_signatures);
 criterion_main!(benches);

@@ -292,7 +292,12 @@ fn a_corrupted_chunk_reads_as_eio_with_a_log_line_never_wrong_bytes() {
     write(&src.join("dir/victim"), &random_bytes(2 << 20, 9));
     write(&src.join("fine"), b"fine");
     let digest = env.add(&src);
-    let pack = fs::read_dir(env.store.join("packs")).unwrap().next().unwrap().unwrap().path();
+    // The victim's pack: the largest (ingest workers write packs of their own).
+    let pack = fs::read_dir(env.store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
     let mut bytes = fs::read(&pack).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0x40;

@@ -363,3 +363,113 @@ fn a_decompression_bomb_index_neither_grows_the_daemon_nor_poisons_the_top_level
     b.run(["store", "stats"]).ok();
     assert!(m.log().contains("refused what S3 holds for this name"), "{}", m.log());
 }
+
+/// `vorpalfs key generate NAME` in `env`'s scratch dir: (secret key file, public key line).
+fn generate_key(env: &Env, name: &str) -> (std::path::PathBuf, String) {
+    let dir = env.path("keys");
+    fs::create_dir_all(&dir).unwrap();
+    let r = env.run(["key", "generate", name, "--dir", dir.to_str().unwrap()]);
+    let public = r.ok().trim().to_string();
+    let secret = dir.join(format!("{name}.secret"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(fs::read_to_string(dir.join(format!("{name}.public"))).unwrap().trim(), public);
+    assert!(public.starts_with(&format!("{name}:")), "{public}");
+    // Never over an existing key.
+    env.run(["key", "generate", name, "--dir", dir.to_str().unwrap()]).fails_with(&["cannot create the key file"]);
+    (secret, public)
+}
+
+#[test]
+fn a_root_object_overwritten_in_the_bucket_is_refused_by_a_host_that_trusts_keys() {
+    let s3 = S3Server::start();
+    let mut a = host(&s3, "signed", None);
+    let (secret, public) = generate_key(&a, "builder");
+    a.vars.push(("VORPALFS_SIGNING_KEY".into(), secret.to_str().unwrap().into()));
+    let (sa, sb) = (a.path("a"), a.path("b"));
+    write(&sa.join("f"), b"this is A\n");
+    write(&sb.join("f"), b"this is B\n");
+    let da = a.run(["store", "add", sa.to_str().unwrap(), "--name", "A"]).ok().trim().to_string();
+    a.run(["store", "add", sb.to_str().unwrap(), "--name", "B"]).ok();
+    assert!(a.run(["push", "A", "B"]).stderr.contains("signed by builder"));
+
+    let mut c = host(&s3, "signed", None);
+    c.vars.push(("VORPALFS_TRUSTED_KEYS".into(), public.clone()));
+    assert_eq!(c.run(["store", "cat", "A/f"]).ok(), "this is A\n");
+    let ls = c.run(["store", "ls"]);
+    assert!(ls.ok().contains("A  (signed by builder)"), "{}", ls.stdout);
+
+    // Whoever can write the bucket copies B's object over A's (and over the one naming A's
+    // tree): a fresh host that trusts the key refuses it (naming the object and the keys),
+    // through the CLI and through the mount.
+    let b_obj = s3.get("signed/roots/B");
+    s3.put("signed/roots/A", &b_obj);
+    s3.put(&format!("signed/roots/{da}"), &b_obj);
+    let mut d = host(&s3, "signed", None);
+    d.vars.push(("VORPALFS_TRUSTED_KEYS".into(), public.clone()));
+    d.run(["store", "cat", "A/f"]).fails_with(&["roots/A", "no accepted signature", "trusted keys: builder"]);
+    let m = d.mount();
+    let err = fs::metadata(m.path(&da)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+    assert!(m.log().contains("refused"), "{}", m.log());
+    let st: serde_json::Value = serde_json::from_str(d.run(["--json", "status"]).ok()).unwrap();
+    assert_eq!(st["s3"]["signatures_required"], true, "{st}");
+    drop(m);
+    // A host with no key configured takes what the bucket says (the README says so).
+    let e = host(&s3, "signed", None);
+    assert_eq!(e.run(["store", "cat", "A/f"]).ok(), "this is B\n");
+}
+
+#[test]
+fn a_result_planted_in_the_bucket_is_rebuilt_by_a_host_that_trusts_keys() {
+    let s3 = S3Server::start();
+    let mut a = host(&s3, "planted", None);
+    let (secret, public) = generate_key(&a, "builder");
+    a.vars.push(("VORPALFS_SIGNING_KEY".into(), secret.to_str().unwrap().into()));
+    let proj = a.path("proj");
+    write(
+        &proj.join("vorpalfs.toml"),
+        b"[[artifact]]\nname = \"gen\"\n[[artifact.step]]\nscript = \"echo genuine > $VORPAL_OUTPUT/x\"\n",
+    );
+    let build = |env: &Env, m: &Mount| -> serde_json::Value {
+        let r: Run = env
+            .cmd(["--json", "build", proj.to_str().unwrap()])
+            .env("VORPALFS_MOUNTPOINT", &m.dir)
+            .output()
+            .unwrap()
+            .into();
+        serde_json::from_str(r.ok()).unwrap()
+    };
+    let ma = a.mount();
+    let ra = build(&a, &ma);
+    let input = ra["artifacts"][0]["digest"].as_str().unwrap().to_string();
+    drop(ma);
+    // Someone plants another tree under the input digest, unsigned.
+    let evil = a.path("evil");
+    write(&evil.join("x"), b"planted\n");
+    a.run(["store", "add", evil.to_str().unwrap(), "--name", "evil"]).ok();
+    a.run(["push", "evil"]).ok();
+    let text = String::from_utf8(s3.get("planted/roots/evil")).unwrap();
+    let planted: String = text
+        .lines()
+        .filter(|l| !l.starts_with("sig "))
+        .map(|l| format!("{}\n", l.replace("kind root", "kind result")))
+        .collect();
+    s3.put(&format!("planted/roots/{input}"), planted.as_bytes());
+
+    // A host that trusts nothing takes the planted tree (what signing exists to prevent); one
+    // that trusts the builder's key builds it and says why.
+    let e = host(&s3, "planted", None);
+    let me = e.mount();
+    let re = build(&e, &me);
+    assert_eq!(re["artifacts"][0]["status"], "cached", "{re}");
+    assert_eq!(fs::read_to_string(me.path(&input).join("x")).unwrap(), "planted\n");
+    let mut c = host(&s3, "planted", None);
+    c.vars.push(("VORPALFS_TRUSTED_KEYS".into(), public));
+    let mc = c.mount();
+    let rc = build(&c, &mc);
+    let art = &rc["artifacts"][0];
+    assert_eq!(art["status"], "built", "{rc}");
+    assert!(art["s3_refused"].as_str().unwrap().contains("not signed"), "{rc}");
+    assert_eq!(fs::read_to_string(mc.path(&input).join("x")).unwrap(), "genuine\n");
+}

@@ -111,7 +111,9 @@ impl Builder {
         if let Some(Err(e)) = &users {
             tracing::warn!("{e}");
         }
-        let (view, view_mounted) = if root && cfg.mountpoint.is_dir() {
+        // Not a stat of the mountpoint: the daemon would answer its own request (and the kernel
+        // would keep the answer).
+        let (view, view_mounted) = if root && cfg.bind_view {
             let view = cfg.work_dir.join(STORE_VIEW);
             fs::create_dir(&view).at(&view)?;
             let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
@@ -165,16 +167,25 @@ impl Builder {
     /// The output of `input` if it was built, here or (with S3) by another host. An unreachable
     /// S3 means "not there" (and is logged): the build goes on locally.
     fn find_result(&self, input: &Digest) -> Result<Option<Digest>> {
+        Ok(self.lookup_result(input)?.0)
+    }
+
+    /// [`Builder::find_result`], and why a result S3 has was not taken (not signed by a trusted
+    /// key, damaged, S3 unreachable).
+    fn lookup_result(&self, input: &Digest) -> Result<(Option<Digest>, Option<String>)> {
         if let Some(t) = self.store.result(input)? {
-            return Ok(Some(t));
+            return Ok((Some(t), None));
         }
         if self.store.has_remote() {
             match self.store.resolve_remote(&input.to_hex()) {
-                Ok(r) => return Ok(r.map(|r| r.tree)),
-                Err(e) => tracing::warn!(%input, "cannot look the result up in S3: {e}"),
+                Ok(r) => return Ok((r.map(|r| r.tree), None)),
+                Err(e) => {
+                    tracing::warn!(%input, "cannot take the result from S3: {e}");
+                    return Ok((None, Some(e.to_string())));
+                }
             }
         }
-        Ok(None)
+        Ok((None, None))
     }
 
     /// Builds what `opts` asks for from the manifest at `path`, reporting progress to `events`.
@@ -200,7 +211,16 @@ impl Builder {
             download_limit: self.cfg.download_limit,
         };
         let plan = Plan::new(&self.store, &self.cfg.work_dir, &m, &m.graph.closure(&requested), access)?;
-        let actions = plan.actions(&requested, opts.rebuild, |d| Ok(self.find_result(d)?.is_some()))?;
+        // Why S3's result of an artifact was not taken, by input digest (shown and reported).
+        let refused = std::cell::RefCell::new(std::collections::HashMap::new());
+        let actions = plan.actions(&requested, opts.rebuild, |d| {
+            let (found, why) = self.lookup_result(d)?;
+            if let Some(why) = why {
+                refused.borrow_mut().insert(*d, why);
+            }
+            Ok(found.is_some())
+        })?;
+        let refused = refused.into_inner();
         let in_plan: Vec<usize> = m.graph.order().iter().copied().filter(|&i| actions[i].is_some()).collect();
         events(Event::Plan {
             artifacts: in_plan
@@ -209,9 +229,18 @@ impl Builder {
                     name: m.artifacts[i].name.clone(),
                     digest: plan.digest(i),
                     action: actions[i].expect("in the plan"),
+                    s3_refused: refused.get(&plan.digest(i)).cloned(),
                 })
                 .collect(),
         });
+        for &i in &in_plan {
+            if let Some(why) = refused.get(&plan.digest(i)) {
+                events(Event::Log {
+                    name: m.artifacts[i].name.clone(),
+                    line: format!("(the result in S3 is not used, so it is built here: {why})"),
+                });
+            }
+        }
         let outcome = |i: usize, status: Status| Outcome {
             name: m.artifacts[i].name.clone(),
             digest: plan.digest(i),
@@ -222,6 +251,7 @@ impl Builder {
             started: None,
             finished: None,
             error: None,
+            s3_refused: refused.get(&plan.digest(i)).cloned(),
         };
         let cached = |i: usize| actions[i] == Some(Action::Cached);
         if opts.dry_run {
@@ -292,7 +322,8 @@ impl Builder {
 
     /// With S3, claims the digest for this host (a conditional put), or waits while another
     /// host builds it and takes its result. A claim older than the artifact's timeout plus ten
-    /// minutes (an hour without a timeout) is taken as abandoned.
+    /// minutes (an hour without a timeout) is taken as abandoned; where signatures are required,
+    /// so is a claim no accepted key signed.
     fn claim(
         &self,
         name: &str,
@@ -330,7 +361,14 @@ impl Builder {
                 }
                 match self.store.claim_info(&key)? {
                     None => break,
-                    Some(c) if c.age_seconds > stale => {
+                    // Abandoned, or held by a host no accepted key vouches for: taken over.
+                    Some(c) if c.age_seconds > stale || !c.trusted => {
+                        if !c.trusted {
+                            events(Event::Log {
+                                name: name.into(),
+                                line: format!("(taking over the claim of {}: not signed by a trusted key)", c.owner),
+                            });
+                        }
                         if self.store.claim(&key, &owner, true)? {
                             return Ok(Claim::Ours);
                         }

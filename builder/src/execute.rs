@@ -35,6 +35,9 @@ pub struct Config {
     pub build_space: u64,
     /// The most bytes a `url` source may have (downloads stop past it).
     pub download_limit: u64,
+    /// Bind the mount again below the builds directory for the sandboxes (a root daemon that
+    /// serves the mount: see `Builder`'s `view`).
+    pub bind_view: bool,
 }
 
 /// The default size limit of a `url` source.
@@ -65,6 +68,7 @@ impl Config {
             limits: Limits::default(),
             build_space: (memory / 2).max(1 << 30),
             download_limit: DEFAULT_DOWNLOAD_LIMIT,
+            bind_view: false,
         }
     }
 }
@@ -184,11 +188,16 @@ impl Executor<'_> {
         tracing::info!(artifact = %a.name, digest = %job.digest, output = %report.root, files = report.files, bytes = report.bytes, "published");
         if self.store.has_remote() {
             let _span = tracing::info_span!("push").entered();
-            let p = self
-                .store
-                .push(&job.digest.to_hex(), &|_, _| {})
-                .map_err(|source| Error::Push { name: a.name.clone(), source })?;
-            events(Event::Pushed { name: a.name.clone(), digest: job.digest, bytes: p.uploaded_bytes });
+            match self.store.push(&job.digest.to_hex(), &|_, _| {}) {
+                Ok(p) => events(Event::Pushed { name: a.name.clone(), digest: job.digest, bytes: p.uploaded_bytes }),
+                // S3 holds another build of this recipe that this host may not replace (signed by
+                // a trusted builder): this one serves here and is not shared.
+                Err(e @ vorpalfs_store::Error::Kept { .. }) => {
+                    tracing::warn!(artifact = %a.name, "not pushed: {e}");
+                    events(Event::Log { name: a.name.clone(), line: format!("(not pushed: {e})") });
+                }
+                Err(source) => return Err(Error::Push { name: a.name.clone(), source }),
+            }
         }
         Ok(report.root)
     }

@@ -60,6 +60,9 @@ pub struct Planned {
     pub name: String,
     pub digest: Digest,
     pub action: Action,
+    /// Why a result S3 has for this digest was not taken (e.g. no trusted key signed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_refused: Option<String>,
 }
 
 /// How an artifact of the plan ended.
@@ -91,6 +94,9 @@ pub struct Outcome {
     pub started: Option<f64>,
     pub finished: Option<f64>,
     pub error: Option<String>,
+    /// Why a result S3 has for this digest was not taken (e.g. no trusted key signed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_refused: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -48,6 +48,22 @@ pub struct Cli {
     #[arg(long, global = true, env = "VORPALFS_ADMIN_GROUP", value_name = "GROUP")]
     pub admin_group: Option<String>,
 
+    /// The secret key this host signs the roots and results it pushes with (a file from
+    /// `vorpalfs key generate`, mode 0600).
+    #[arg(long, global = true, env = "VORPALFS_SIGNING_KEY", value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
+
+    /// Public keys whose signatures make a root or result from S3 acceptable: `NAME:BASE64`
+    /// entries and files of such lines, separated by commas or spaces. Once any key is set
+    /// (this or --signing-key), what no accepted key signed is refused.
+    #[arg(long, global = true, env = "VORPALFS_TRUSTED_KEYS", value_name = "KEYS")]
+    pub trusted_keys: Option<String>,
+
+    /// Take roots and results from S3 that no trusted key signed although keys are set
+    /// (a warning is printed on every command).
+    #[arg(long, global = true, env = "VORPALFS_TRUST_UNSIGNED")]
+    pub trust_unsigned: bool,
+
     /// Print data as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -92,6 +108,24 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run an artifact's `bin/<name>` from the store.
     Run(RunArgs),
+    /// Signing keys: make one, or print the public half of one.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum KeyCommand {
+    /// Write a new ed25519 key pair, NAME.secret (mode 0600) and NAME.public, and print the
+    /// public key (`NAME:BASE64`, what other hosts put in --trusted-keys).
+    Generate {
+        /// The key's name (letters, digits, '.', '_', '-'), e.g. builder-2026.
+        name: String,
+        /// Where to write the two files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print the public key of a secret key file.
+    Public { secret: PathBuf },
 }
 
 #[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]

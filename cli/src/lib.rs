@@ -110,6 +110,11 @@ fn daemon_or_local(
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let settings = Settings::resolve(&cli);
+    if settings.trust_unsigned && (settings.signing_key.is_some() || settings.trusted_keys.is_some()) {
+        eprintln!(
+            "warning: --trust-unsigned: roots and build results from S3 are taken even when no trusted key signed them"
+        );
+    }
     match cli.command {
         Command::Build(args) => commands::build::call(ensure_daemon(&settings)?, &settings, args),
         Command::Inspect(args) => match client::connect(&settings) {
@@ -138,6 +143,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mount(args) => commands::mount::mount(settings, args),
         Command::Umount { dir } => commands::mount::umount(&settings, dir),
         Command::Status => commands::status::run(&settings),
+        Command::Key(cmd) => commands::key::run(&settings, cmd),
     }
 }
 

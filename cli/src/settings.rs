@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use vorpalfs_store::remote::trust::{SecretKey, Trust, parse_trusted_keys};
+
 use crate::args::Cli;
 
 /// Everything a command needs to know about where and how to work.
@@ -29,6 +31,10 @@ pub struct Settings {
     /// Build: accept local sources outside the manifest's directory that are not readable by
     /// everyone.
     pub allow_outside_sources: bool,
+    /// The signing key file, the trusted keys setting, and whether unsigned roots are taken.
+    pub signing_key: Option<PathBuf>,
+    pub trusted_keys: Option<String>,
+    pub trust_unsigned: bool,
     /// Whose rights a command reads and writes the client's files with (set by the daemon for
     /// each client; `None`: this process's own).
     pub creds: Option<vorpalfs_store::Creds>,
@@ -38,6 +44,7 @@ impl Settings {
     pub fn resolve(cli: &Cli) -> Settings {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let store_dir = cli.store_dir.clone().unwrap_or_else(default_store_dir);
+        let signing_key = cli.signing_key.as_ref().map(|p| absolute(&cwd, p));
         Settings {
             store_dir: absolute(&cwd, &store_dir),
             mountpoint: absolute(&cwd, &cli.mountpoint),
@@ -51,6 +58,9 @@ impl Settings {
             max_download: cli.max_download,
             admin_group: cli.admin_group.clone().filter(|s| !s.is_empty()),
             allow_outside_sources: false,
+            signing_key,
+            trusted_keys: cli.trusted_keys.clone().filter(|s| !s.trim().is_empty()),
+            trust_unsigned: cli.trust_unsigned,
             creds: None,
         }
     }
@@ -63,7 +73,17 @@ impl Settings {
             o.remote = Some(vorpalfs_store::Backend::S3(cfg));
         }
         o.cache_bytes = self.cache_size;
+        o.trust = self.trust()?;
         Ok(o)
+    }
+
+    /// The signing key and the trusted keys, read and checked.
+    pub fn trust(&self) -> vorpalfs_store::Result<Trust> {
+        Ok(Trust {
+            signer: self.signing_key.as_deref().map(SecretKey::load).transpose()?.map(std::sync::Arc::new),
+            trusted: self.trusted_keys.as_deref().map(parse_trusted_keys).transpose()?.unwrap_or_default(),
+            trust_unsigned: self.trust_unsigned,
+        })
     }
 
     /// `path` taken relative to the caller's directory.

@@ -76,6 +76,15 @@ pub enum Error {
     #[error("S3 {url}: {what} is not a vorpalfs {what} of a version this host reads")]
     BadRemoteObject { url: String, what: &'static str },
 
+    #[error("key {origin}: {why}")]
+    BadKey { origin: String, why: String },
+
+    #[error("S3 {url}: {detail} (trusted keys: {keys}); refused")]
+    Untrusted { url: String, detail: String, keys: String },
+
+    #[error("S3 {url} names tree {there}, {why}; it was not replaced")]
+    Kept { url: String, there: Digest, why: String },
+
     #[error("cannot start the I/O runtime: {0}")]
     Runtime(Arc<io::Error>),
 }

@@ -45,6 +45,8 @@ pub struct Options {
     pub cache_bytes: Option<u64>,
     /// The runtime remote requests run on; `None`: the store starts its own when it needs one.
     pub runtime: Option<tokio::runtime::Handle>,
+    /// The key pushes are signed with, and the keys whose signatures roots from S3 need.
+    pub trust: crate::remote::trust::Trust,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             policy: Policy::default(),
             cache_bytes: None,
             runtime: None,
+            trust: Default::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ use proptest::prelude::*;
 use vorpalfs_store::fuzzing;
 use vorpalfs_store::model::records::{Location, RemoteLocator};
 use vorpalfs_store::remote::format::{RootObject, encode_index};
+use vorpalfs_store::remote::trust::RootKind;
 use vorpalfs_store::{ChunkRef, Codec, Digest, Entry, EntryKind, FileRecord, Kind, Tree};
 
 fn tree_bytes(names: &[String]) -> Vec<u8> {
@@ -105,7 +106,7 @@ proptest! {
 
     #[test]
     fn changed_root_objects_never_break_the_parser(e in edits()) {
-        let r = RootObject { tree: Digest([5; 32]), index: Digest([6; 32]) };
+        let r = RootObject::new(RootKind::Result, Digest([5; 32]), Digest([6; 32]));
         fuzzing::root_object(&mutate(r.encode(), &e));
     }
 }

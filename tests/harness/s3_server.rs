@@ -178,26 +178,32 @@ impl S3Server {
             .expect("object listed")
     }
 
+    /// Reads an object as an authenticated client (moto refuses anonymous reads of objects
+    /// others own), with boto3 from moto's venv.
     pub fn get(&self, key: &str) -> Vec<u8> {
-        let (status, body) = self.http("GET", &format!("/{BUCKET}/{key}"), b"");
-        assert_eq!(status, 200, "GET {key}");
-        body
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        self.boto3(&format!("download_file({BUCKET:?}, {key:?}, {:?})", tmp.path().to_str().unwrap()), key);
+        std::fs::read(tmp.path()).unwrap()
     }
 
     /// Overwrites an object as an authenticated client (moto refuses anonymous writes to
     /// objects others own), with boto3 from moto's venv.
     pub fn put(&self, key: &str, body: &[u8]) {
-        let python = moto_bin().with_file_name("python3");
         let tmp = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(tmp.path(), body).unwrap();
+        self.boto3(&format!("upload_file({:?}, {BUCKET:?}, {key:?})", tmp.path().to_str().unwrap()), key);
+    }
+
+    /// Calls `call` on a boto3 S3 client of this server.
+    fn boto3(&self, call: &str, key: &str) {
+        let python = moto_bin().with_file_name("python3");
         let script = format!(
             "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='test', \
-             aws_secret_access_key='test', region_name='us-east-1').upload_file({:?}, {BUCKET:?}, {key:?})",
+             aws_secret_access_key='test', region_name='us-east-1').{call}",
             self.port,
-            tmp.path().to_str().unwrap()
         );
         let out = Command::new(python).arg("-c").arg(script).output().unwrap();
-        assert!(out.status.success(), "PUT {key}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{call} ({key}): {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 

@@ -10,6 +10,7 @@ use crate::settings::Settings;
 
 pub mod build;
 pub mod inspect;
+pub mod key;
 pub mod mount;
 pub mod run;
 pub mod status;

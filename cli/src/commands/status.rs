@@ -48,6 +48,17 @@ pub fn run(settings: &Settings) -> Result<ExitCode> {
             s3.cache_bytes,
             s3.cache_budget.map_or("none".to_string(), |b| b.to_string())
         );
+        let keys: Vec<&str> = s3.trusted_keys.iter().map(|k| k.split(':').next().unwrap_or(k)).collect();
+        println!(
+            "trust        signs with {}; accepts {}; {}",
+            s3.signing_key.as_deref().unwrap_or("no key"),
+            if keys.is_empty() { "any root (no keys set)".to_string() } else { keys.join(", ") },
+            if s3.signatures_required { "signatures required" } else { "unsigned roots taken" }
+        );
+    }
+    for r in &st.from_s3 {
+        let by = r.signed_by.as_deref().map_or("unsigned".to_string(), |k| format!("signed by {k}"));
+        println!("from S3      {} ({}): {by}", r.name, r.tree);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -52,10 +52,17 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: StoreCommand) -> Result<ExitCode> {
         StoreCommand::Ls => {
             for root in store.roots()? {
                 let size = store.tree(&root.digest)?.size();
+                // A root found in S3: the trusted key that signed it.
+                let signer = store.signer(&root.name)?.map(|s| s.key);
                 if s.json {
-                    writeln!(ctx.out, "{}", json!({"name": root.name, "digest": root.digest.to_hex(), "bytes": size}))?;
+                    writeln!(
+                        ctx.out,
+                        "{}",
+                        json!({"name": root.name, "digest": root.digest.to_hex(), "bytes": size, "signed_by": signer})
+                    )?;
                 } else {
-                    writeln!(ctx.out, "{}  {:>14}  {}", root.digest, size, root.name)?;
+                    let signed = signer.map_or(String::new(), |k| format!("  (signed by {k})"));
+                    writeln!(ctx.out, "{}  {:>14}  {}{signed}", root.digest, size, root.name)?;
                 }
             }
         }

@@ -66,19 +66,22 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
                         "{}",
                         json!({"name": r.name, "tree": r.tree, "already": r.already, "chunks": r.chunks,
                                "new_chunks": r.new_chunks, "uploaded_bytes": r.uploaded_bytes,
-                               "seconds": t.elapsed().as_secs_f64()})
+                               "signed_by": r.signed_by, "seconds": t.elapsed().as_secs_f64()})
                     )?;
-                } else if r.already {
-                    writeln!(ctx.err, "{n}: already in S3")?;
                 } else {
-                    writeln!(
-                        ctx.err,
-                        "{n}: pushed {} of {} chunks, {} bytes, in {:.2}s",
-                        r.new_chunks,
-                        r.chunks,
-                        r.uploaded_bytes,
-                        t.elapsed().as_secs_f64()
-                    )?;
+                    let signed = r.signed_by.as_ref().map_or(String::new(), |k| format!(", signed by {k}"));
+                    if r.already {
+                        writeln!(ctx.err, "{n}: already in S3{signed}")?;
+                    } else {
+                        writeln!(
+                            ctx.err,
+                            "{n}: pushed {} of {} chunks, {} bytes, in {:.2}s{signed}",
+                            r.new_chunks,
+                            r.chunks,
+                            r.uploaded_bytes,
+                            t.elapsed().as_secs_f64()
+                        )?;
+                    }
                 }
             }
         }

@@ -83,7 +83,7 @@ pub fn status(mut conn: UnixStream, settings: &Settings) -> Result<Status> {
     let mut relay = Relay::default();
     call(&mut conn, settings, Request::Status, &mut relay)?;
     match relay.reply {
-        Some(Reply::Status(s)) => Ok(s),
+        Some(Reply::Status(s)) => Ok(*s),
         _ => bail!("the daemon did not answer with its status"),
     }
 }
@@ -127,6 +127,15 @@ pub fn spawn_daemon(settings: &Settings, mountpoint: &Path, threads: Option<usiz
     }
     if let Some(g) = &settings.admin_group {
         cmd.arg("--admin-group").arg(g);
+    }
+    if let Some(k) = &settings.signing_key {
+        cmd.arg("--signing-key").arg(k);
+    }
+    if let Some(k) = &settings.trusted_keys {
+        cmd.arg("--trusted-keys").arg(k);
+    }
+    if settings.trust_unsigned {
+        cmd.arg("--trust-unsigned");
     }
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info,fuser=warn");

@@ -49,7 +49,7 @@ pub enum Request {
 /// A typed answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Status(Status),
+    Status(Box<Status>),
     Artifact(ArtifactInfo),
 }
 
@@ -73,6 +73,18 @@ pub struct Status {
     pub s3: Option<S3Status>,
     pub chunk_cache: ChunkCache,
     pub fs: FsCounters,
+    /// The roots served that came from S3, and the trusted key that signed each.
+    #[serde(default)]
+    pub from_s3: Vec<FromS3>,
+}
+
+/// A root found in S3 and who vouched for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FromS3 {
+    pub name: String,
+    pub tree: Digest,
+    /// The accepted key that signed it (`None`: taken unsigned, as this host allows).
+    pub signed_by: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +94,10 @@ pub struct S3Status {
     pub traffic: Traffic,
     pub cache_bytes: u64,
     pub cache_budget: Option<u64>,
+    /// The key this host signs with, the keys it accepts, and whether a signature is required.
+    pub signing_key: Option<String>,
+    pub trusted_keys: Vec<String>,
+    pub signatures_required: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

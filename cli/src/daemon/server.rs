@@ -20,7 +20,7 @@ use vorpalfs_builder::Event;
 use vorpalfs_fs::{MountHandle, MountOptions};
 use vorpalfs_store::Store;
 
-use super::protocol::{self, Frame, FrameWriter, FsCounters, Reply, Request, S3Status, Status};
+use super::protocol::{self, Frame, FrameWriter, FromS3, FsCounters, Reply, Request, S3Status, Status};
 use crate::commands::{self, Ctx};
 use crate::settings::Settings;
 
@@ -69,7 +69,7 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
     let handle = mounted.handle();
     let builder = vorpalfs_builder::Builder::new(
         store.clone(),
-        settings.builder_config(mountpoint),
+        vorpalfs_builder::Config { bind_view: true, ..settings.builder_config(mountpoint) },
         Box::new(move |d| handle.published(d)),
     )?;
     let daemon = Arc::new(Daemon {
@@ -156,7 +156,7 @@ impl Daemon {
         }
         let code: i32 = match env.request {
             Request::Status => {
-                protocol::write_frame(&mut &conn, &Frame::Reply(Reply::Status(self.status())))?;
+                protocol::write_frame(&mut &conn, &Frame::Reply(Reply::Status(Box::new(self.status()))))?;
                 0
             }
             Request::Shutdown => {
@@ -236,7 +236,17 @@ impl Daemon {
                 traffic: r.traffic(),
                 cache_bytes: self.store.cache_bytes().unwrap_or(0),
                 cache_budget: self.settings.cache_size,
+                signing_key: self.store.trust().signer.as_ref().map(|k| k.name.clone()),
+                trusted_keys: self.store.trust().keys().into_iter().map(|k| k.to_string()).collect(),
+                signatures_required: self.store.trust().required(),
             }),
+            from_s3: self
+                .store
+                .roots_from_s3()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, tree, sig)| FromS3 { name, tree, signed_by: sig.map(|s| s.key) })
+                .collect(),
             chunk_cache: self.store.cache_stats().into(),
             fs: FsCounters {
                 lookups: load(&f.lookups),

@@ -77,6 +77,8 @@ pub(crate) enum Meta<'a> {
     RootTreesFilled,
     /// A remote index whose chunk places have been recorded here.
     AppliedIndex(&'a Digest),
+    /// The root object a root found in S3 was recorded from (its signatures).
+    RootObject(&'a str),
 }
 
 impl Meta<'_> {
@@ -88,6 +90,7 @@ impl Meta<'_> {
             Meta::FetchedPack(id) => [b"fetched-pack:".as_slice(), &id.to_be_bytes()].concat(),
             Meta::RootTreesFilled => b"root-trees-filled".to_vec(),
             Meta::AppliedIndex(d) => [b"applied-index:".as_slice(), d.as_bytes()].concat(),
+            Meta::RootObject(n) => [b"root-object:".as_slice(), n.as_bytes()].concat(),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::model::records::{FileRecord, RemoteLocator};
 use crate::model::tree::{EntryKind, Tree};
 use crate::remote::Remote;
 use crate::remote::format::{self, IndexEntry, RootObject};
+use crate::remote::trust::{RootKind, Sig};
 use crate::store::{Resolved, Store};
 
 /// A read that misses fetches up to this many bytes of the file's following chunks in the same
@@ -48,16 +49,27 @@ impl Run {
 /// What S3 holds for a root name: its root object and, unless the tree is here, its index.
 pub(crate) struct RemoteRoot {
     name: String,
-    root: RootObject,
+    found: Found,
     index: Option<Bytes>,
 }
 
+/// A root object as S3 gave it.
+pub(crate) struct Found {
+    pub root: RootObject,
+    /// Its bytes, kept with the root (`verify` checks its signatures again).
+    pub bytes: Bytes,
+    pub url: String,
+}
+
 /// Fetches and parses `roots/<name>`.
-async fn fetch_root_object(remote: Remote, name: String) -> Result<Option<RootObject>> {
+async fn fetch_root_object(remote: Remote, name: String) -> Result<Option<Found>> {
     let key = format::root_key(&name);
-    let Some(obj) = remote.get(key.clone(), format::MAX_ROOT_OBJECT).await? else { return Ok(None) };
+    let Some(bytes) = remote.get(key.clone(), format::MAX_ROOT_OBJECT).await? else { return Ok(None) };
     let url = format!("{}/{key}", remote.url());
-    RootObject::parse(&obj).map(Some).ok_or(Error::BadRemoteObject { url, what: "root object" })
+    match RootObject::parse(&bytes) {
+        Some(root) => Ok(Some(Found { root, bytes, url })),
+        None => Err(Error::BadRemoteObject { url, what: "root object" }),
+    }
 }
 
 /// Fetches the index `digest`, checked against its name.
@@ -78,24 +90,26 @@ impl Store {
     /// fetched, checked and recorded here (no data).
     pub fn resolve_remote(&self, name: &str) -> Result<Option<Resolved>> {
         let remote = self.remote_or_err()?;
-        let Some(root) = remote.wait(fetch_root_object(remote.clone(), name.to_string()))? else { return Ok(None) };
-        let index = match self.knows(&root)? {
+        let Some(found) = remote.wait(fetch_root_object(remote.clone(), name.to_string()))? else { return Ok(None) };
+        self.check_root(name, &found.root, &found.url)?;
+        let index = match self.knows(&found.root)? {
             true => None,
-            false => Some(remote.wait(fetch_index(remote.clone(), root.index))?),
+            false => Some(remote.wait(fetch_index(remote.clone(), found.root.index))?),
         };
-        self.record_remote_root(RemoteRoot { name: name.to_string(), root, index }).map(Some)
+        self.record_remote_root(RemoteRoot { name: name.to_string(), found, index }).map(Some)
     }
 
     /// [`Store::resolve_remote`] on the I/O runtime (the mount's lookups must not block).
     pub async fn resolve_remote_async(self: Arc<Self>, name: String) -> Result<Option<Resolved>> {
         let remote = self.remote_or_err()?.clone();
-        let Some(root) = fetch_root_object(remote.clone(), name.clone()).await? else { return Ok(None) };
-        let index = match self.knows(&root)? {
+        let Some(found) = fetch_root_object(remote.clone(), name.clone()).await? else { return Ok(None) };
+        self.check_root(&name, &found.root, &found.url)?;
+        let index = match self.knows(&found.root)? {
             true => None,
-            false => Some(fetch_index(remote, root.index).await?),
+            false => Some(fetch_index(remote, found.root.index).await?),
         };
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, root, index }).map(Some))
+        tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, found, index }).map(Some))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
@@ -106,9 +120,68 @@ impl Store {
         Ok(self.index.has_tree(&root.tree)? && self.index.meta(Meta::AppliedIndex(&root.index))?.is_some())
     }
 
+    /// Whether the root object found in S3 under `name` may be used here: a root named by a tree
+    /// digest names that tree, and, when signatures are required, an accepted key signed what
+    /// the object says under this name. Returns the accepted signature, if any.
+    pub fn check_root(&self, name: &str, root: &RootObject, url: &str) -> Result<Option<Sig>> {
+        let trust = &self.opts.trust;
+        let refuse = |detail: String| Error::Untrusted { url: url.to_string(), detail, keys: trust.key_names() };
+        if root.kind == Some(RootKind::Root)
+            && let Ok(d) = name.parse::<Digest>()
+            && d != root.tree
+        {
+            return Err(refuse(format!("a root named by tree {d} names tree {}", root.tree)));
+        }
+        let signer = trust.trusted_signer(&root.sigs, |k, t| root.statement(name, k, t));
+        if signer.is_none() && trust.required() {
+            let detail = match root.sigs.is_empty() {
+                true => "not signed".to_string(),
+                false => {
+                    let keys: Vec<&str> = root.sigs.iter().map(|s| s.key.as_str()).collect();
+                    format!("no accepted signature for this name and tree (signed by {})", keys.join(", "))
+                }
+            };
+            return Err(refuse(detail));
+        }
+        Ok(signer.cloned())
+    }
+
+    /// The accepted signature on the root object root `name` was found in S3 by, if it still
+    /// names the tree the root names here.
+    pub fn signer(&self, name: &str) -> Result<Option<Sig>> {
+        let Some(root) = self.root_object(name)? else { return Ok(None) };
+        Ok(self.opts.trust.trusted_signer(&root.sigs, |k, t| root.statement(name, k, t)).cloned())
+    }
+
+    /// Every root found in S3 (that still names what S3 said), with its accepted signature.
+    pub fn roots_from_s3(&self) -> Result<Vec<(String, Digest, Option<Sig>)>> {
+        let mut out = Vec::new();
+        for (name, tree) in self.index.roots()? {
+            if self.root_object(&name)?.is_some() {
+                let sig = self.signer(&name)?;
+                out.push((name, tree, sig));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keys this store signs with and trusts.
+    pub fn trust(&self) -> &crate::remote::trust::Trust {
+        &self.opts.trust
+    }
+
+    /// The root object root `name` was found in S3 by, if it still names the root's tree.
+    pub(crate) fn root_object(&self, name: &str) -> Result<Option<RootObject>> {
+        let (Some(bytes), Some(tree)) = (self.index.meta(Meta::RootObject(name))?, self.index.root(name)?) else {
+            return Ok(None);
+        };
+        Ok(RootObject::parse(&bytes).filter(|r| r.tree == tree))
+    }
+
     /// Checks a root fetched from S3 and records it with its metadata, in one commit.
     fn record_remote_root(&self, r: RemoteRoot) -> Result<Resolved> {
         let _span = tracing::debug_span!("record_remote_root", name = r.name).entered();
+        let root = &r.found.root;
         // From "is this tree/file here?" to the commit: gc must not remove what is reused.
         let _writer = self.gc_lock.read().unwrap();
         let mut batch = Batch::default();
@@ -116,7 +189,7 @@ impl Store {
             let mut trees: HashMap<Digest, Vec<u8>> = HashMap::new();
             let mut files: HashMap<Digest, Vec<u8>> = HashMap::new();
             let mut places: HashMap<Digest, RemoteLocator> = HashMap::new();
-            format::decode_index(bytes, &r.root.index, |e| {
+            format::decode_index(bytes, &root.index, |e| {
                 match e {
                     IndexEntry::Tree(d, b) => drop(trees.insert(d, b)),
                     IndexEntry::File(d, b) => drop(files.insert(d, b)),
@@ -126,13 +199,13 @@ impl Store {
             })?;
             let lacks = |what: &'static str, digest: Digest| Error::Corrupt {
                 what: "remote index",
-                digest: r.root.index,
+                digest: root.index,
                 detail: format!("it lacks {what} {digest} of root {}", r.name),
             };
             // The closure, walked from the root: every tree, file and chunk must be in the index
             // or here. The index adds places for the chunks of this closure only, and never
             // replaces a place already known.
-            let mut stack = vec![r.root.tree];
+            let mut stack = vec![root.tree];
             let mut seen = std::collections::HashSet::new();
             while let Some(t) = stack.pop() {
                 if !seen.insert(t) {
@@ -179,15 +252,17 @@ impl Store {
                     }
                 }
             }
-            batch.put_meta(Meta::AppliedIndex(&r.root.index), b"");
-        } else if !self.index.has_tree(&r.root.tree)? {
+            batch.put_meta(Meta::AppliedIndex(&root.index), b"");
+        } else if !self.index.has_tree(&root.tree)? {
             // Went away (gc) between the question and now: the next lookup fetches the index.
-            return Err(Error::Missing { what: "tree", digest: r.root.tree });
+            return Err(Error::Missing { what: "tree", digest: root.tree });
         }
-        self.put_root(&mut batch, &r.name, &r.root.tree)?;
+        self.put_root(&mut batch, &r.name, &root.tree)?;
+        batch.put_meta(Meta::RootObject(&r.name), &r.found.bytes);
         self.commit(batch)?;
-        tracing::info!(name = r.name, tree = %r.root.tree, "found in S3");
-        Ok(Resolved { root: r.name, tree: r.root.tree, remote: true })
+        let signer = self.opts.trust.trusted_signer(&root.sigs, |k, t| root.statement(&r.name, k, t));
+        tracing::info!(name = r.name, tree = %root.tree, signer = signer.map(|s| s.key.as_str()), "found in S3");
+        Ok(Resolved { root: r.name, tree: root.tree, remote: true })
     }
 
     /// Where a chunk is in S3, if known: a place this host verified if there is one.

@@ -7,9 +7,12 @@
 //!                chunks write the same key
 //! indexes/<hex>  zstd of: every tree and file record of one root's closure, and for every chunk
 //!                its place (pack, offset, stored/raw length, codec); <hex> = BLAKE3 of the object
-//! roots/<name>   "vorpalfs root v2\ntree <hex>\nindex <hex>\n"; build results are roots named by
-//!                their input digest, named roots are also written under their tree digest
-//! claims/<hex>   "<unix time> <host:pid>\n" while a host builds that input digest
+//! roots/<name>   "vorpalfs root v3\nkind root|result\ntree <hex>\nindex <hex>\n" and one line
+//!                "sig <key> <time> <base64>" per signature (trust.rs); build results are roots
+//!                named by their input digest, named roots are also written under their tree
+//!                digest
+//! claims/<hex>   "<unix time> <host:pid>\n" while a host builds that input digest, and a
+//!                "sig ..." line when the host signs
 //! ```
 //!
 //! Decoders take untrusted bytes: every length is checked against what remains and against a
@@ -21,12 +24,15 @@ use crate::error::{Error, Result};
 use crate::model::digest::{Digest, Kind};
 use crate::model::records::{FileRecord, RemoteLocator};
 use crate::model::tree::Tree;
+use crate::remote::trust::{MAX_SIGNATURES, RootKind, SecretKey, Sig, root_statement};
 
-/// First line of a root object. v2: file digests hash chunk lists (store format 2); roots of
-/// other versions are not read.
-pub const ROOT_HEADER: &str = "vorpalfs root v2";
-/// A root object is three short lines.
-pub const MAX_ROOT_OBJECT: u64 = 1024;
+/// First line of a root object. v3 adds the kind and signatures; v2 (read, never written) has
+/// neither. Both hash file digests over chunk lists (store format 2); other versions are not
+/// read.
+pub const ROOT_HEADER: &str = "vorpalfs root v3";
+pub const ROOT_HEADER_V2: &str = "vorpalfs root v2";
+/// A root object is four short lines and at most [`MAX_SIGNATURES`] signature lines.
+pub const MAX_ROOT_OBJECT: u64 = 16 << 10;
 /// The largest index object read (compressed).
 pub const MAX_INDEX_OBJECT: u64 = 512 << 20;
 /// The most bytes an index may decompress to.
@@ -55,27 +61,69 @@ pub fn claim_key(name: &str) -> String {
     format!("claims/{name}")
 }
 
-/// A root object: the tree a name stands for and the index describing it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A root object: the tree a name stands for, the index describing it, what kind of name it is
+/// and who signed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootObject {
     pub tree: Digest,
     pub index: Digest,
+    /// `None` for a v2 object (before signing: it can carry no signature).
+    pub kind: Option<RootKind>,
+    pub sigs: Vec<Sig>,
 }
 
 impl RootObject {
+    /// An unsigned root object of `kind`.
+    pub fn new(kind: RootKind, tree: Digest, index: Digest) -> RootObject {
+        RootObject { tree, index, kind: Some(kind), sigs: Vec::new() }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        format!("{ROOT_HEADER}\ntree {}\nindex {}\n", self.tree, self.index).into_bytes()
+        let Some(kind) = self.kind else {
+            return format!("{ROOT_HEADER_V2}\ntree {}\nindex {}\n", self.tree, self.index).into_bytes();
+        };
+        let mut out = format!("{ROOT_HEADER}\nkind {}\ntree {}\nindex {}\n", kind.as_str(), self.tree, self.index);
+        for s in &self.sigs {
+            out.push_str(&format!("sig {}\n", s.encode()));
+        }
+        out.into_bytes()
     }
 
     pub fn parse(obj: &[u8]) -> Option<RootObject> {
         let text = std::str::from_utf8(obj).ok()?;
-        let mut lines = text.lines();
-        if lines.next()? != ROOT_HEADER {
-            return None;
-        }
+        let mut lines = text.split_terminator('\n');
+        let kind = match lines.next()? {
+            ROOT_HEADER_V2 => None,
+            ROOT_HEADER => Some(RootKind::parse(lines.next()?.strip_prefix("kind ")?)?),
+            _ => return None,
+        };
         let tree = lines.next()?.strip_prefix("tree ")?.parse().ok()?;
         let index = lines.next()?.strip_prefix("index ")?.parse().ok()?;
-        lines.next().is_none().then_some(RootObject { tree, index })
+        let mut sigs: Vec<Sig> = Vec::new();
+        for l in lines {
+            let s = Sig::parse(l.strip_prefix("sig ")?)?;
+            if kind.is_none() || sigs.len() == MAX_SIGNATURES || sigs.iter().any(|o| o.key == s.key) {
+                return None;
+            }
+            sigs.push(s);
+        }
+        Some(RootObject { tree, index, kind, sigs })
+    }
+
+    /// The statement a signature by `key` at `time` on this object, found under `name`, covers.
+    pub fn statement(&self, name: &str, key: &str, time: u64) -> Vec<u8> {
+        root_statement(self.kind.unwrap_or(RootKind::Root), name, &self.tree, key, time)
+    }
+
+    /// Adds (or renews) the signature of `key` for this object under `name`.
+    pub fn sign(&mut self, name: &str, key: &SecretKey) {
+        let time = crate::remote::trust::now();
+        let sig = key.sign(&self.statement(name, &key.name, time), time);
+        self.sigs.retain(|s| s.key != key.name);
+        if self.sigs.len() == MAX_SIGNATURES {
+            self.sigs.remove(0);
+        }
+        self.sigs.push(sig);
     }
 }
 
@@ -274,11 +322,25 @@ mod tests {
 
     #[test]
     fn root_objects_parse_strictly() {
-        let r = RootObject { tree: Digest([1; 32]), index: Digest([2; 32]) };
-        assert_eq!(RootObject::parse(&r.encode()), Some(r));
+        let mut r = RootObject::new(RootKind::Result, Digest([1; 32]), Digest([2; 32]));
+        assert_eq!(RootObject::parse(&r.encode()), Some(r.clone()));
         let mut extra = r.encode();
         extra.extend_from_slice(b"more\n");
         assert_eq!(RootObject::parse(&extra), None);
         assert_eq!(RootObject::parse(b"vorpalfs root v1\ntree x\n"), None);
+        // Signed: every signature line comes back; one key signs once.
+        let (a, b) = (SecretKey::generate("a").unwrap(), SecretKey::generate("b").unwrap());
+        r.sign("n", &a);
+        r.sign("n", &b);
+        r.sign("n", &a);
+        let back = RootObject::parse(&r.encode()).unwrap();
+        assert_eq!(back.sigs.len(), 2);
+        assert_eq!(back, r);
+        let twice = [r.encode(), format!("sig {}\n", r.sigs[0].encode()).into_bytes()].concat();
+        assert_eq!(RootObject::parse(&twice), None, "two signatures of one key");
+        // A v2 object (no kind, no signatures) is still read.
+        let v2 = RootObject { kind: None, sigs: Vec::new(), ..r };
+        assert_eq!(RootObject::parse(&v2.encode()), Some(v2.clone()));
+        assert!(v2.encode().starts_with(b"vorpalfs root v2\n"));
     }
 }

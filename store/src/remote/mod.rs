@@ -12,6 +12,7 @@
 //! pull.rs    a whole root down
 //! evict.rs   the byte budget of fetched data
 //! claims.rs  build claims (build a digest once across hosts)
+//! trust.rs   keys, and the signatures on root objects and claims
 //! ```
 //!
 //! Everything the backend returns is untrusted: objects are size-capped before they are read
@@ -41,6 +42,7 @@ pub mod push;
 pub mod s3;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 pub use memory::{Faults, MemoryStore};
 pub use s3::S3Config;

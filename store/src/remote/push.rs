@@ -23,6 +23,7 @@ use crate::model::records::{FileRecord, Locator, RemoteLocator};
 use crate::model::tree::{EntryKind, Tree};
 use crate::remote::Remote;
 use crate::remote::format::{self, RootObject};
+use crate::remote::trust::RootKind;
 use crate::store::Store;
 
 /// A push cuts new remote packs past this size: small enough that several upload at once (each
@@ -39,6 +40,8 @@ pub struct PushReport {
     pub tree: Digest,
     /// True when S3 already had this root with this tree: nothing was sent.
     pub already: bool,
+    /// The key this host signed the root object with, if it signs.
+    pub signed_by: Option<String>,
     pub chunks: u64,
     pub new_chunks: u64,
     pub uploaded_bytes: u64,
@@ -102,10 +105,17 @@ impl Store {
         // Kept from gc while its packs are read.
         let _pin = self.pin(&tree)?;
         let mut report = PushReport { name: name.clone(), tree, ..Default::default() };
-        let there = remote.wait(remote.get(format::root_key(&name), format::MAX_ROOT_OBJECT))?;
-        if there.and_then(|o| RootObject::parse(&o)).is_some_and(|o| o.tree == tree) {
-            report.already = true;
-            return Ok(report);
+        let kind = self.kind_of(&name)?;
+        let there = self.root_object_in_s3(remote, &name)?;
+        match there {
+            Some(o) if o.tree == tree => {
+                // S3 has it: it only gains this host's signature.
+                report.already = true;
+                report.signed_by = self.add_signature(remote, &name, kind, o)?;
+                return Ok(report);
+            }
+            Some(o) => self.may_replace(remote, &name, kind, &o)?,
+            None => {}
         }
         let c = self.closure(&tree)?;
         report.chunks = c.chunks.len() as u64;
@@ -152,15 +162,87 @@ impl Store {
             report.uploaded_bytes += index.len() as u64;
             remote.wait(remote.put(key, index.into()))?;
         }
-        let obj = Bytes::from(RootObject { tree, index: index_digest }.encode());
-        // A named root is also findable by its tree digest, which is what the mount shows.
-        if name.parse::<Digest>().is_err() {
-            remote.wait(remote.put(format::root_key(&tree.to_hex()), obj.clone()))?;
+        // A named root is also findable by its tree digest, which is what the mount shows. That
+        // object must name its own tree: one naming another is replaced.
+        if kind == RootKind::Root && name.parse::<Digest>().is_err() {
+            let alias = tree.to_hex();
+            match self.root_object_in_s3(remote, &alias)?.filter(|o| o.tree == tree) {
+                Some(o) => drop(self.add_signature(remote, &alias, kind, o)?),
+                None => self.put_root_object(remote, &alias, RootObject::new(kind, tree, index_digest))?,
+            }
         }
-        remote.wait(remote.put(format::root_key(&name), obj))?;
+        self.put_root_object(remote, &name, RootObject::new(kind, tree, index_digest))?;
+        report.signed_by = self.opts.trust.signer.as_ref().map(|k| k.name.clone());
         batch.put_meta(Meta::AppliedIndex(&index_digest), b"");
         self.commit(batch)?;
         Ok(report)
+    }
+
+    /// What a root name stands for: a build result (named by an input digest whose recipe is
+    /// here) or a root.
+    fn kind_of(&self, name: &str) -> Result<RootKind> {
+        let result = match name.parse::<Digest>() {
+            Ok(d) => self.index.meta(Meta::Recipe(&d))?.is_some(),
+            Err(_) => false,
+        };
+        Ok(if result { RootKind::Result } else { RootKind::Root })
+    }
+
+    /// The root object S3 has for `name`, if any (one that is not a root object is as good as
+    /// none: it is replaced).
+    fn root_object_in_s3(&self, remote: &Remote, name: &str) -> Result<Option<RootObject>> {
+        let there = remote.wait(remote.get(format::root_key(name), format::MAX_ROOT_OBJECT))?;
+        Ok(there.and_then(|o| RootObject::parse(&o)))
+    }
+
+    /// Signs `obj` as `name` with this host's key, if it has one, and writes it.
+    fn put_root_object(&self, remote: &Remote, name: &str, mut obj: RootObject) -> Result<()> {
+        if let Some(k) = &self.opts.trust.signer {
+            obj.sign(name, k);
+        }
+        remote.wait(remote.put(format::root_key(name), Bytes::from(obj.encode())))
+    }
+
+    /// Adds this host's signature to the object S3 has for `name` (which names the tree this
+    /// host has), keeping the others'. Returns the key when it signed.
+    fn add_signature(
+        &self,
+        remote: &Remote,
+        name: &str,
+        kind: RootKind,
+        mut obj: RootObject,
+    ) -> Result<Option<String>> {
+        let Some(k) = &self.opts.trust.signer else { return Ok(None) };
+        let own = k.public();
+        if obj.sigs.iter().any(|s| own.verifies(&obj.statement(name, &s.key, s.time), s)) {
+            return Ok(Some(k.name.clone()));
+        }
+        // A v2 object carries no kind; the one this host knows is written.
+        obj.kind.get_or_insert(kind);
+        self.put_root_object(remote, name, obj)?;
+        Ok(Some(k.name.clone()))
+    }
+
+    /// Whether a push may replace `there`, the object S3 has for `name`, which names another
+    /// tree: when it is unsigned, or when none of its signatures is by a key this host's
+    /// trusted-keys accept (and it has some), or, for a root (not a build result), when this
+    /// host signs the new one. A result signed by a trusted builder is never replaced by an
+    /// untrusted one, nor by another host's different build of the same recipe.
+    fn may_replace(&self, remote: &Remote, name: &str, kind: RootKind, there: &RootObject) -> Result<()> {
+        let trust = &self.opts.trust;
+        let trusted = trust.explicitly_trusts(&there.sigs, |k, t| there.statement(name, k, t));
+        if there.sigs.is_empty()
+            || (!trust.trusted.is_empty() && !trusted)
+            || (kind == RootKind::Root && trust.signer.is_some())
+        {
+            return Ok(());
+        }
+        let keys: Vec<&str> = there.sigs.iter().map(|s| s.key.as_str()).collect();
+        Err(Error::Kept {
+            url: format!("{}/{}", remote.url(), format::root_key(name)),
+            there: there.tree,
+            why: format!("signed by {}", keys.join(", ")),
+        })
     }
 
     /// Writes `chunks` into packs of about [`REMOTE_PACK_SIZE`], each staged in a temporary file

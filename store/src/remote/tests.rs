@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::remote::trust::RootKind;
 use crate::testing::pseudo_random;
 use crate::{EntryKind, Options, Store};
 
@@ -167,7 +168,7 @@ fn bad_root_objects_and_indexes_are_refused_and_record_nothing() {
     let other = format::encode_index(&[], &[], &[]).unwrap();
     let od = crate::Digest(*blake3::hash(&other).as_bytes());
     mem.insert(&format::index_key(&od), other);
-    mem.insert(&root_key, format::RootObject { tree: d, index: od }.encode());
+    mem.insert(&root_key, format::RootObject::new(RootKind::Root, d, od).encode());
     check("incomplete index", "lacks tree");
     mem.insert(&root_key, good);
     mem.insert(&index_key, index);
@@ -323,7 +324,7 @@ fn good_and_evil(mem: &Arc<MemoryStore>) -> (tempfile::TempDir, crate::Digest) {
     let index = format::encode_index(&trees, &files, &chunks).unwrap();
     let index_digest = crate::Digest(*blake3::hash(&index).as_bytes());
     mem.insert(&format::index_key(&index_digest), index);
-    mem.insert(&format::root_key("evil"), format::RootObject { tree: d, index: index_digest }.encode());
+    mem.insert(&format::root_key("evil"), format::RootObject::new(RootKind::Root, d, index_digest).encode());
     (src, d)
 }
 
@@ -368,4 +369,212 @@ fn a_push_never_names_chunk_places_it_has_not_checked() {
     let e = host(&mem, None);
     assert_eq!(e.store.resolve("mine").unwrap().tree, d);
     same_bytes(&e.store, &d, src.path());
+}
+
+// ----- trust: signed roots and results -----
+
+use crate::remote::trust::{PublicKey, SecretKey, Trust};
+
+fn key(name: &str) -> Arc<SecretKey> {
+    Arc::new(SecretKey::generate(name).unwrap())
+}
+
+/// A host that signs with `signer` (if any) and trusts `trusted`.
+fn trusting(mem: &Arc<MemoryStore>, signer: Option<&Arc<SecretKey>>, trusted: &[&Arc<SecretKey>]) -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let trust = Trust {
+        signer: signer.cloned(),
+        trusted: trusted.iter().map(|k| k.public()).collect::<Vec<PublicKey>>(),
+        trust_unsigned: false,
+    };
+    let opts = Options { remote: Some(Backend::Object(mem.clone())), policy: policy(), trust, ..Default::default() };
+    let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
+    Host { _dir: dir, store }
+}
+
+/// A small tree whose content depends on `seed`.
+fn small_tree(seed: u8) -> tempfile::TempDir {
+    let src = tempfile::tempdir().unwrap();
+    write(&src.path().join("f"), &[seed; 1000]);
+    src
+}
+
+/// Publishes the tree of `seed` on `h` as the build result of `input` and pushes it.
+fn publish(h: &Host, input: &crate::Digest, seed: u8) -> crate::Result<crate::remote::push::PushReport> {
+    let src = small_tree(seed);
+    h.store.publish_result(src.path(), input, b"recipe", &[]).unwrap();
+    h.store.push(&input.to_hex(), &|_, _| {})
+}
+
+fn refused(r: crate::Result<Option<crate::Resolved>>, want: &str) {
+    match r {
+        Err(e @ crate::Error::Untrusted { .. }) => assert!(e.to_string().contains(want), "{e}"),
+        other => panic!("expected a refusal ({want}), got {other:?}"),
+    }
+}
+
+#[test]
+fn a_root_object_copied_over_another_name_or_tree_is_refused() {
+    let mem = Arc::new(MemoryStore::new());
+    let k1 = key("builder-1");
+    let a = trusting(&mem, Some(&k1), &[]);
+    let (sa, sb) = (small_tree(1), small_tree(2));
+    let ta = a.store.ingest(sa.path(), Some("A")).unwrap().root;
+    let tb = a.store.ingest(sb.path(), Some("B")).unwrap().root;
+    assert_eq!(a.store.push("A", &|_, _| {}).unwrap().signed_by.as_deref(), Some("builder-1"));
+    a.store.push("B", &|_, _| {}).unwrap();
+    let c = trusting(&mem, None, &[&k1]);
+    assert_eq!(c.store.resolve_remote("A").unwrap().unwrap().tree, ta);
+    assert_eq!(c.store.signer("A").unwrap().unwrap().key, "builder-1");
+    // Whoever can write the bucket copies B's (validly signed) object over A's, and over the
+    // object naming A's tree: a host that trusts builder-1 refuses both, and records nothing.
+    let b_obj = mem.object(&format::root_key("B")).unwrap();
+    mem.insert(&format::root_key("A"), b_obj.clone());
+    mem.insert(&format::root_key(&ta.to_hex()), b_obj);
+    let d = trusting(&mem, None, &[&k1]);
+    refused(d.store.resolve_remote("A"), "no accepted signature for this name and tree (signed by builder-1)");
+    refused(d.store.resolve_remote(&ta.to_hex()), &format!("a root named by tree {ta} names tree {tb}"));
+    assert!(d.store.roots().unwrap().is_empty());
+    // A host that configured no key at all takes what the bucket says (the README says so).
+    assert_eq!(host(&mem, None).store.resolve_remote("A").unwrap().unwrap().tree, tb);
+}
+
+#[test]
+fn a_planted_or_untrusted_result_is_not_taken_and_a_trusted_builder_replaces_it() {
+    let mem = Arc::new(MemoryStore::new());
+    let (k1, k3) = (key("builder-1"), key("pr-runner"));
+    let input = crate::Digest([7; 32]);
+    // Planted: an unsigned result object, then one signed by a key nobody trusts.
+    let runner = trusting(&mem, Some(&k3), &[]);
+    publish(&runner, &input, 66).unwrap();
+    let c = trusting(&mem, None, &[&k1]);
+    refused(c.store.resolve_remote(&input.to_hex()), "signed by pr-runner");
+    let obj = format::RootObject::parse(&mem.object(&format::root_key(&input.to_hex())).unwrap()).unwrap();
+    let unsigned = format::RootObject { sigs: Vec::new(), ..obj };
+    mem.insert(&format::root_key(&input.to_hex()), unsigned.encode());
+    refused(c.store.resolve_remote(&input.to_hex()), "not signed");
+    // The trusted builder's own build replaces it (it trusts builder-1, not the runner).
+    let a = trusting(&mem, Some(&k1), &[&k1]);
+    let r = publish(&a, &input, 11).unwrap();
+    let d = trusting(&mem, None, &[&k1]);
+    assert_eq!(d.store.resolve_remote(&input.to_hex()).unwrap().unwrap().tree, r.tree);
+}
+
+#[test]
+fn an_untrusted_runner_cannot_displace_a_trusted_result() {
+    let mem = Arc::new(MemoryStore::new());
+    let (k1, k3) = (key("builder-1"), key("pr-runner"));
+    let input = crate::Digest([8; 32]);
+    let a = trusting(&mem, Some(&k1), &[&k1]);
+    let good = publish(&a, &input, 11).unwrap().tree;
+    // A runner that trusts the fleet's keys, one with a key of its own and no trusted keys, and
+    // one with neither: none replaces the trusted result with its different build.
+    for runner in [trusting(&mem, None, &[&k1]), trusting(&mem, Some(&k3), &[]), host(&mem, None)] {
+        let e = publish(&runner, &input, 66).unwrap_err();
+        assert!(matches!(e, crate::Error::Kept { .. }) && e.to_string().contains("signed by builder-1"), "{e}");
+    }
+    let c = trusting(&mem, None, &[&k1]);
+    assert_eq!(c.store.resolve_remote(&input.to_hex()).unwrap().unwrap().tree, good);
+}
+
+#[test]
+fn two_builders_sign_one_root_and_keys_rotate() {
+    let mem = Arc::new(MemoryStore::new());
+    let (old, new, other) = (key("builder-2025"), key("builder-2026"), key("someone"));
+    let src = small_tree(3);
+    let a = trusting(&mem, Some(&old), &[&old, &new]);
+    let t = a.store.ingest(src.path(), Some("app")).unwrap().root;
+    a.store.push("app", &|_, _| {}).unwrap();
+    a.store.ingest(small_tree(4).path(), Some("old-only")).unwrap();
+    a.store.push("old-only", &|_, _| {}).unwrap();
+    // The second builder (the new key) has the same tree: the object gains its signature and
+    // keeps the first.
+    let b = trusting(&mem, Some(&new), &[&old, &new]);
+    b.store.ingest(src.path(), Some("app")).unwrap();
+    let r = b.store.push("app", &|_, _| {}).unwrap();
+    assert!(r.already && r.signed_by.as_deref() == Some("builder-2026"), "{r:?}");
+    let obj = format::RootObject::parse(&mem.object(&format::root_key("app")).unwrap()).unwrap();
+    assert_eq!(obj.sigs.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(), ["builder-2025", "builder-2026"]);
+    for trusted in [&old, &new] {
+        let h = trusting(&mem, None, &[trusted]);
+        assert_eq!(h.store.resolve_remote("app").unwrap().unwrap().tree, t);
+    }
+    refused(trusting(&mem, None, &[&other]).store.resolve_remote("app"), "signed by builder-2025, builder-2026");
+    // Rotation: a host trusting both takes what only the old key signed; once the old key is
+    // dropped, it refuses new lookups of it, and `verify` reports what it took before.
+    let dir = tempfile::tempdir().unwrap();
+    let open = |trusted: &[&Arc<SecretKey>]| {
+        let trust =
+            Trust { signer: None, trusted: trusted.iter().map(|k| k.public()).collect(), trust_unsigned: false };
+        let opts =
+            Options { remote: Some(Backend::Object(mem.clone())), policy: policy(), trust, ..Default::default() };
+        Store::open_with(&dir.path().join("store"), opts).unwrap()
+    };
+    let h = open(&[&old, &new]);
+    h.resolve_remote("old-only").unwrap().unwrap();
+    h.resolve_remote("app").unwrap().unwrap();
+    assert!(h.verify().unwrap().problems.is_empty());
+    drop(h);
+    let h = open(&[&new]);
+    let problems = h.verify().unwrap().problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].root == "old-only" && problems[0].detail.contains("no trusted key (builder-2026)"));
+    assert!(h.signer("app").unwrap().is_some_and(|s| s.key == "builder-2026"));
+    drop(h);
+    let fresh = trusting(&mem, None, &[&new]);
+    refused(fresh.store.resolve_remote("old-only"), "signed by builder-2025");
+}
+
+#[test]
+fn tampering_with_any_signed_field_is_refused() {
+    let mem = Arc::new(MemoryStore::new());
+    let k1 = key("builder-1");
+    let a = trusting(&mem, Some(&k1), &[]);
+    a.store.ingest(small_tree(5).path(), Some("app")).unwrap();
+    a.store.push("app", &|_, _| {}).unwrap();
+    let other = a.store.ingest(small_tree(6).path(), None).unwrap().root;
+    let key_ = format::root_key("app");
+    let good = String::from_utf8(mem.object(&key_).unwrap().to_vec()).unwrap();
+    let sig_line = good.lines().find(|l| l.starts_with("sig ")).unwrap().to_string();
+    let parts: Vec<&str> = sig_line.split(' ').collect();
+    let mut flipped = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, parts[3]).unwrap();
+    flipped[5] ^= 1;
+    let flipped = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, flipped);
+    let tree_line = good.lines().find(|l| l.starts_with("tree ")).unwrap().to_string();
+    let cases = [
+        ("tree", good.replace(&tree_line, &format!("tree {other}"))),
+        ("kind", good.replace("kind root", "kind result")),
+        ("time", good.replace(&format!(" {} ", parts[2]), &format!(" {} ", parts[2].parse::<u64>().unwrap() + 1))),
+        ("key name", good.replace("sig builder-1 ", "sig builder-2 ")),
+        ("signature", good.replace(parts[3], &flipped)),
+    ];
+    for (what, text) in cases {
+        assert_ne!(text, good, "{what}: nothing changed");
+        mem.insert(&key_, text.into_bytes());
+        let c = trusting(&mem, None, &[&k1]);
+        match c.store.resolve_remote("app") {
+            Err(crate::Error::Untrusted { .. }) => {}
+            other => panic!("{what} changed: {other:?}"),
+        }
+    }
+    mem.insert(&key_, good.into_bytes());
+    assert!(trusting(&mem, None, &[&k1]).store.resolve_remote("app").unwrap().is_some());
+}
+
+#[test]
+fn an_untrusted_claim_does_not_hold_a_trusted_builder_off() {
+    let mem = Arc::new(MemoryStore::new());
+    let (k1, k3) = (key("builder-1"), key("pr-runner"));
+    let runner = trusting(&mem, Some(&k3), &[]);
+    assert!(runner.store.claim("x", "runner:1", false).unwrap());
+    let a = trusting(&mem, Some(&k1), &[&k1]);
+    assert!(!a.store.claim_info("x").unwrap().unwrap().trusted, "a claim no trusted key signed");
+    assert!(a.store.claim("x", "builder:2", true).unwrap());
+    let c = trusting(&mem, None, &[&k1]);
+    let held = c.store.claim_info("x").unwrap().unwrap();
+    assert!(held.trusted && held.owner == "builder:2", "{held:?}");
+    // Without keys, every claim is honoured (as before signing existed).
+    assert!(host(&mem, None).store.claim_info("x").unwrap().unwrap().trusted);
+    assert!(host(&mem, None).store.claim("y", "plain:3", false).unwrap());
+    assert!(!a.store.claim_info("y").unwrap().unwrap().trusted);
 }
