@@ -95,11 +95,14 @@ fn special_kind(mode: libc::mode_t) -> &'static str {
     }
 }
 
-/// An error opening what the walk saw as a directory or a file: a symlink in its place (`ELOOP`,
-/// `ENOTDIR`: it was swapped since) is the tree changing under the ingest.
+/// An error opening (or reading the link of) what the walk saw: a symlink where a directory or
+/// file was (`ELOOP`, `ENOTDIR`), or something else where a symlink was (`EINVAL`), is the
+/// tree changing under the ingest.
 fn changed(e: std::io::Error, path: PathBuf) -> Error {
     match e.raw_os_error() {
-        Some(libc::ELOOP) | Some(libc::ENOTDIR) => Error::Changed { path },
+        // A symlink where a directory was seen, a directory where a symlink was (EINVAL from
+        // readlinkat): replaced since the lstat.
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::EINVAL) => Error::Changed { path },
         _ => Error::io(path, e),
     }
 }
@@ -185,7 +188,9 @@ impl Walker<'_> {
                 }
                 libc::S_IFLNK => {
                     self.report.symlinks += 1;
-                    Node::Symlink(as_client(creds, || source::readlink_at(fd.as_fd(), os)).at(path())?)
+                    Node::Symlink(
+                        as_client(creds, || source::readlink_at(fd.as_fd(), os)).map_err(|e| changed(e, path()))?,
+                    )
                 }
                 _ => return Err(Error::Unsupported { path: path(), kind: special_kind(st.st_mode) }),
             };
