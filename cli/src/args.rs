@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "VORPALFS_BUILD_SPACE", value_name = "SIZE", value_parser = parse_size)]
     pub build_space: Option<u64>,
 
+    /// A root from S3 with less than this to fetch is fetched whole, in the background, when the
+    /// mount first looks it up, e.g. 64M; 0 never [default: 64M, at most half --cache-size].
+    #[arg(long, global = true, env = "VORPALFS_PREFETCH_BELOW", value_name = "SIZE", value_parser = parse_size)]
+    pub prefetch_below: Option<u64>,
+
     /// The most bytes a `url` source may download, e.g. 2G [default: 4G].
     #[arg(long, global = true, env = "VORPALFS_MAX_DOWNLOAD", value_name = "SIZE", value_parser = parse_size)]
     pub max_download: Option<u64>,

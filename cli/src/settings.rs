@@ -20,6 +20,8 @@ pub struct Settings {
     pub s3_endpoint: Option<String>,
     /// Disk budget for data fetched from S3, in bytes.
     pub cache_size: Option<u64>,
+    /// Roots from S3 smaller than this are fetched whole on first lookup (`None`: the default).
+    pub prefetch_below: Option<u64>,
     /// A running artifact's workspace size and process limit (`None`: the builder's defaults).
     pub build_space: Option<u64>,
     pub build_processes: Option<u64>,
@@ -53,6 +55,7 @@ impl Settings {
             s3: cli.s3.clone().filter(|s| !s.is_empty()),
             s3_endpoint: cli.s3_endpoint.clone().filter(|s| !s.is_empty()),
             cache_size: cli.cache_size,
+            prefetch_below: cli.prefetch_below,
             build_space: cli.build_space,
             build_processes: cli.build_processes,
             max_download: cli.max_download,
@@ -73,6 +76,9 @@ impl Settings {
             o.remote = Some(vorpalfs_store::Backend::S3(cfg));
         }
         o.cache_bytes = self.cache_size;
+        if let Some(p) = self.prefetch_below {
+            o.prefetch_below = p;
+        }
         o.trust = self.trust()?;
         Ok(o)
     }

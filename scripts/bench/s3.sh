@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Whole-system S3 benchmark on one real tree (default: the Rust toolchain, about 1.3 GB), all
-# against the same S3 server on 127.0.0.1, side by side:
+# against the same S3 server on 127.0.0.1 behind a WAN link (vorpalfs-wan-proxy: LATENCY_MS
+# per request, default 20; RATE_MBPS per connection, default 100; 0 disables each), side by side:
+#   (e) the compiler's workloads, each from an empty cache: its first exec (`rustc --version`),
+#       compiling and running a small program, and reading the Rust book's 659 small files one
+#       after another (as an interpreter importing its library would) — on the lazy mount, the
+#       Vorpal way (one GET of the tar.zst, unpack, run) and a smarter download (ten ranged GETs
+#       at once, unpack, run);
 #   (a) vorpalfs: mount from an empty cache and read 5% of the files (every 20th, sorted), 8 at
 #       a time as a build tool would;
 #   (b) vorpalfs pull of the whole artifact into an empty cache;
@@ -17,7 +23,8 @@
 #                            preloaded (it leaves Nagle on: 40 ms per GET otherwise);
 #   S3_SERVER=moto:          moto_server from scripts/test.sh's venv (serves a ranged GET by
 #                            reading the whole object in Python: slow for large objects).
-#   BIG_FILE_GIB=0 skips the 4 GiB file; READERS=N sets the parallelism of (a) and (d).
+#   BIG_FILE_GIB=0 skips the 4 GiB file; RCLONE=0 skips (d); READERS=N sets the parallelism
+#   of (a) and (d).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/record.sh
@@ -25,6 +32,8 @@ tree="${1:-$(rustc --print sysroot)}"
 server="${S3_SERVER:-s3s}"
 big_gib="${BIG_FILE_GIB:-4}"
 readers="${READERS:-8}"
+latency_ms="${LATENCY_MS:-20}"
+rate_mbps="${RATE_MBPS:-100}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/vorpalfs-target}"
 [ -n "${VORPALFS:-}" ] || cargo build --release --workspace >&2
 B="$(realpath "${VORPALFS:-$CARGO_TARGET_DIR/release/vorpalfs}")"
@@ -52,14 +61,21 @@ else
   "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$work/server.log" 2>&1 &
 fi
 srv=$!
+# The WAN link in front of the server: everything below talks to it.
+until curl -s -o /dev/null "http://127.0.0.1:$port"; do sleep 0.2; done
+pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+coproc WAN { exec "$CARGO_TARGET_DIR/release/vorpalfs-wan-proxy" "$pport" "$port" "$latency_ms" "$rate_mbps"; }
+wan_pid=$WAN_PID
+# `link`: connections requests bytes_up bytes_down through the link so far.
+link() { echo >&"${WAN[1]}"; read -r -u "${WAN[0]}" a b c d; echo "$a $b $c $d"; }
 cleanup() {
   for s in a b c d e; do VORPALFS_STORE_DIR="$work/$s" "$B" umount >/dev/null 2>&1 || true; done
   fusermount3 -u "$work/mnt-d" 2>/dev/null || true
-  kill $srv 2>/dev/null || true
+  kill $srv $wan_pid 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
-endpoint="http://127.0.0.1:$port"
+endpoint="http://127.0.0.1:$pport"
 until curl -s -o /dev/null "$endpoint"; do sleep 0.2; done
 py="$venv/bin/python3"
 s3py() { "$py" - "$endpoint" "$@" <<'PY'
@@ -69,6 +85,18 @@ c = boto3.client("s3", endpoint_url=endpoint)
 if op == "mb": c.create_bucket(Bucket="bench")
 elif op == "put": c.upload_file(sys.argv[4], "bench", sys.argv[3])
 elif op == "get": c.download_file("bench", sys.argv[3], sys.argv[4])
+elif op == "get1":
+    # One GET, one stream (as Vorpal fetches an artifact).
+    body = c.get_object(Bucket="bench", Key=sys.argv[3])["Body"]
+    with open(sys.argv[4], "wb") as f:
+        for part in iter(lambda: body.read(1 << 20), b""):
+            f.write(part)
+elif op == "get10":
+    # Ten ranged GETs at once.
+    from boto3.s3.transfer import TransferConfig
+    size = c.head_object(Bucket="bench", Key=sys.argv[3])["ContentLength"]
+    cfg = TransferConfig(max_concurrency=10, multipart_threshold=1, multipart_chunksize=max(size // 10 + 1, 5 << 20))
+    c.download_file("bench", sys.argv[3], sys.argv[4], Config=cfg)
 PY
 }
 s3py mb
@@ -84,6 +112,7 @@ ratio() { echo "scale=1; $1 / $2" | bc; }
 read_sample() { (cd "$1" && xargs -a "$work/sample" -d '\n' -P "$2" -n 100 cat > /dev/null); }
 
 echo "tree: $tree ($(du -sb "$tree" | cut -f1) bytes, $(find "$tree" -type f | wc -l) files); server: $server; cores: $(nproc)"
+echo "link: ${latency_ms} ms a request, ${rate_mbps} MB/s a connection"
 (cd "$tree" && find . -type f | sort | awk 'NR % 20 == 0') > "$work/sample"
 sample_bytes=$(cd "$tree" && xargs -a "$work/sample" -d '\n' stat -c %s | awk '{s += $1} END {print s}')
 echo "sample: $(wc -l < "$work/sample") files, $sample_bytes bytes; $readers readers"
@@ -99,13 +128,48 @@ tar -C "$tree" -cf - . | zstd -q -3 -T0 -o "$work/tree.tar.zst"
 s3py put tree.tar.zst "$work/tree.tar.zst"
 rm "$work/tree.tar.zst"
 cold
-t0=$(now); s3py get tree.tar.zst "$work/dl.tar.zst"; t1=$(now)
+t0=$(now); s3py get1 tree.tar.zst "$work/dl.tar.zst"; t1=$(now)
 mkdir "$work/unpacked"; zstd -q -d -c "$work/dl.tar.zst" | tar -C "$work/unpacked" -xf -; t2=$(now)
 archive=$(stat -c %s "$work/dl.tar.zst")
 c=$(sec "$t0" "$t2")
 record s3 vorpal_way_seconds "$c" s
-echo "(c) Vorpal way: $c s (download $(sec "$t0" "$t1") s + unpack $(sec "$t1" "$t2") s), $archive bytes transferred"
-rm -rf "$work/unpacked" "$work/dl.tar.zst"
+get1=$(sec "$t0" "$t1"); unpack=$(sec "$t1" "$t2")
+echo "(c) Vorpal way: $c s (download $get1 s + unpack $unpack s), $archive bytes transferred"
+rm "$work/dl.tar.zst"
+cold
+t0=$(now); s3py get10 tree.tar.zst "$work/dl.tar.zst"; t1=$(now)
+get10=$(sec "$t0" "$t1")
+echo "    smarter download (ten ranged GETs at once): $get10 s"
+rm "$work/dl.tar.zst"
+
+# (e) The compiler's workloads, when the tree is a Rust toolchain.
+if [ -x "$tree/bin/rustc" ]; then
+  printf 'fn main() {\n    let v: Vec<u64> = (1..=10).map(|x| x * x).collect();\n    println!("{:?}", v);\n}\n' > "$work/hello.rs"
+  w_exec() { "$1/bin/rustc" --version > /dev/null; }
+  w_compile() { "$1/bin/rustc" -o "$work/hello" "$work/hello.rs" && "$work/hello" > /dev/null; }
+  w_small() { (cd "$1/share/doc/rust/html/book" && find . -type f | sort | xargs cat > /dev/null); }
+  for w in exec compile small; do
+    cold
+    t0=$(now); "w_$w" "$work/unpacked"; t1=$(now)
+    local_run=$(sec "$t0" "$t1")
+    vorpal=$(echo "$get1 + $unpack + $local_run" | bc)
+    smart=$(echo "$get10 + $unpack + $local_run" | bc)
+    rm -rf "$work/e"
+    VORPALFS_STORE_DIR="$work/e" "$B" mount "$work/mnt-e" > /dev/null
+    cold
+    read -r _ r0 _ b0 <<<"$(link)"
+    t0=$(now); "w_$w" "$work/mnt-e/$d"; t1=$(now)
+    read -r _ r1 _ b1 <<<"$(link)"
+    lazy=$(sec "$t0" "$t1")
+    VORPALFS_STORE_DIR="$work/e" "$B" umount > /dev/null
+    echo "(e) $w: vorpalfs lazy $lazy s ($((r1 - r0)) requests, $((b1 - b0)) bytes) | Vorpal way $vorpal s -> $(ratio "$vorpal" "$lazy")x | smarter download $smart s -> $(ratio "$smart" "$lazy")x"
+    record s3 "wan_${w}_lazy" "$lazy" s "$(ratio "$vorpal" "$lazy")"
+    record s3 "wan_${w}_vs_smarter" "$lazy" s "$(ratio "$smart" "$lazy")"
+    record s3 "wan_${w}_requests" "$((r1 - r0))" requests
+    record s3 "wan_${w}_bytes" "$((b1 - b0))" bytes
+  done
+fi
+rm -rf "$work/unpacked"
 
 # (a) lazy mount from an empty store, read the sample ($readers at once, then one at a time).
 for n in "$readers" 1; do
@@ -131,6 +195,7 @@ record s3 pull_seconds "$b" s "$(ratio "$c" "$b")"
 record s3 pull_peak_rss "$(rss "$work/pull.time")" MiB
 echo "(b) vorpalfs pull: $b s, $stored bytes of packs fetched, peak RSS $(rss "$work/pull.time") MiB -> $(ratio "$c" "$b")x faster than (c)"
 
+if [ "${RCLONE:-1}" != 0 ]; then
 # (d) rclone mount of the tree's files, one object each (uploaded first, not timed).
 # A bucket of its own: s3s-fs answers a HEAD of a "directory" key with 500, which rclone retries.
 # rclone's SDK refuses a custom CA bundle on a plain-HTTP endpoint, so AWS_CA_BUNDLE is unset.
@@ -151,6 +216,7 @@ dd=$(sec "$t0" "$t1")
 record s3 vs_rclone_mount "$a" s "$(ratio "$dd" "$a")"
 echo "(d) rclone mount, 5% of files: $dd s (at least $sample_bytes bytes transferred) -> vorpalfs (a) is $(ratio "$dd" "$a")x faster"
 fusermount3 -u "$work/mnt-d"
+fi
 
 if [ "$big_gib" != 0 ]; then
   mkdir -p "$work/big"; head -c $((big_gib << 30)) /dev/urandom > "$work/big/file"

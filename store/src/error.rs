@@ -73,6 +73,9 @@ pub enum Error {
     #[error("no S3 location is configured (--s3 or VORPALFS_S3)")]
     NoRemote,
 
+    #[error("a fetch from S3 was abandoned (the I/O runtime stopped)")]
+    Abandoned,
+
     #[error("S3 {url}: {what} is not a vorpalfs {what} of a version this host reads")]
     BadRemoteObject { url: String, what: &'static str },
 

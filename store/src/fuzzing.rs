@@ -41,6 +41,26 @@ pub fn chunk(data: &[u8]) {
     }
 }
 
+/// A stretch of pack bytes read blind (a lazy read's neighbours): the records found lie inside
+/// the input, back to back, in order, and decoding any of them against a locator built from its
+/// own header stays within its bounds.
+pub fn pack_records(data: &[u8]) {
+    let mut next = 0usize;
+    for (id, range) in crate::local::pack::records_in(data) {
+        assert_eq!(range.start, next + crate::local::pack::RECORD_HEADER as usize);
+        assert!(range.end <= data.len());
+        next = range.end;
+        let h = &data[range.start - crate::local::pack::RECORD_HEADER as usize..range.start];
+        let raw_len = u32::from_le_bytes(h[32..36].try_into().unwrap()).min(crate::model::chunker::MAX_SIZE as u32);
+        let Some(codec) = crate::model::records::Codec::from_u8(h[40]) else { continue };
+        let loc = Locator { pack: 0, offset: 0, stored_len: range.len() as u32, raw_len, codec };
+        let stored = bytes::Bytes::copy_from_slice(&data[range]);
+        if let Ok(out) = crate::local::pack::decode_chunk(&id, &loc, stored, &|| "fuzz".into()) {
+            assert_eq!(Digest::of(Kind::Chunk, &out), id);
+        }
+    }
+}
+
 /// A remote index: the input as the object itself, and (with the first byte odd) the input as
 /// the decompressed stream, compressed first so that the record parser is reached. Decoding is
 /// capped at 64 MiB of output here.

@@ -19,7 +19,26 @@ use bytes::{Bytes, BytesMut};
 use crate::error::{Error, IoContext, Result};
 use crate::model::digest::Digest;
 use crate::model::records::FileRecord;
+use crate::remote::lazy::{Flight, Plan, place_is_wrong};
 use crate::store::Store;
+
+/// How many times a read plans a fetch of one chunk (each wrong place costs one).
+const MAX_TRIES: usize = 5;
+
+/// What the blocking half of an async miss found.
+enum Miss {
+    Local(Bytes),
+    LocalBad(Error),
+    Plan(Result<Plan>),
+}
+
+/// Waits for a flight to land; [`Error::Abandoned`] if it never will.
+async fn land(mut f: Flight) -> Result<Bytes> {
+    match f.wait_for(Option::is_some).await {
+        Ok(v) => v.clone().expect("landed"),
+        Err(_) => Err(Error::Abandoned),
+    }
+}
 
 /// Memory-cache counters of an open store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -28,6 +47,12 @@ pub struct CacheStats {
     pub chunk_cache_budget: u64,
     pub chunk_hits: u64,
     pub chunk_misses: u64,
+    /// Bytes (uncompressed) fetched from S3 and checked, by reads and prefetch.
+    #[serde(default)]
+    pub fetched_bytes: u64,
+    /// GETs sent to fetch small roots whole.
+    #[serde(default)]
+    pub prefetch_gets: u64,
 }
 
 /// The chunks `[first, last]` of `file` covering `want` bytes from `offset`.
@@ -169,6 +194,39 @@ impl Store {
         Ok(data)
     }
 
+    /// Chunk `i` of `file` from S3, blocking (see `remote/lazy.rs`): waits for the fetch in
+    /// flight, or plans one and sends it. `None`: S3 has no place for it. A place that gives
+    /// wrong bytes is marked and the next one tried.
+    fn fetch_blocking(&self, file: &FileRecord, i: usize) -> Result<Option<Bytes>> {
+        let remote = self.remote_or_err()?;
+        let mut failed = None;
+        for _ in 0..MAX_TRIES {
+            let flight = match self.plan_fetch(file, i) {
+                Ok(Plan::NotInS3) => return failed.map_or(Ok(None), Err),
+                Ok(Plan::Wait(f)) => f,
+                Ok(Plan::WaitNeighbours(mut landed)) => {
+                    let _ = remote.wait(async move { landed.wait_for(|l| *l).await.map(drop) });
+                    if let Some(c) = self.chunks.get(&file.chunks[i].id) {
+                        return Ok(Some(c));
+                    }
+                    continue;
+                }
+                Ok(Plan::Send(pieces, f)) => {
+                    self.send_and_wait(pieces)?;
+                    f
+                }
+                // Every place is wrong now: the first failure says best why.
+                Err(e) => return Err(failed.unwrap_or(e)),
+            };
+            match remote.wait(land(flight)) {
+                Ok(d) => return Ok(Some(d)),
+                Err(e) if place_is_wrong(&e) || matches!(e, Error::Abandoned) => drop(failed.get_or_insert(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(failed.unwrap_or(Error::Abandoned))
+    }
+
     /// [`Store::chunk`] on the I/O runtime, one fetch per chunk however many wait for it.
     async fn chunk_async(self: &Arc<Self>, file: &Arc<FileRecord>, i: usize) -> Result<Bytes> {
         let id = file.chunks[i].id;
@@ -176,36 +234,70 @@ impl Store {
             return Ok(c);
         }
         self.read.misses.fetch_add(1, Ordering::Relaxed);
-        let flight = self.read.flights.lock().unwrap().entry(id).or_default().clone();
-        let r = flight
-            .get_or_init(|| async {
-                let (store, f) = (self.clone(), file.clone());
-                let local = tokio::task::spawn_blocking(move || store.chunk_local(&f.chunks[i].id))
-                    .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-                let r = match local {
-                    Ok(Some(d)) => Ok(d),
-                    r if self.remote.is_some() => match self.fetch_async(file.clone(), i).await {
-                        Ok(Some(d)) => Ok(d),
-                        Ok(None) => Err(r.err().unwrap_or(Error::Missing { what: "chunk", digest: id })),
-                        Err(e) => Err(e),
-                    },
-                    Ok(None) => Err(Error::Missing { what: "chunk", digest: id }),
-                    Err(e) => Err(e),
-                };
-                if let Ok(d) = &r {
-                    self.chunks.insert(id, d.clone());
+        let mut failed = None;
+        let mut local_tried = false;
+        for _ in 0..MAX_TRIES {
+            if let Some(c) = self.chunks.get(&id) {
+                return Ok(c);
+            }
+            let flight = match self.flight(&id) {
+                Some(f) => f,
+                None => {
+                    let (store, f) = (self.clone(), file.clone());
+                    let try_local = !std::mem::replace(&mut local_tried, true);
+                    let miss = tokio::task::spawn_blocking(move || store.miss(&f, i, try_local))
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    match miss {
+                        Miss::Local(d) => {
+                            self.chunks.insert(id, d.clone());
+                            return Ok(d);
+                        }
+                        Miss::LocalBad(e) => {
+                            failed = Some(e);
+                            continue;
+                        }
+                        Miss::Plan(Ok(Plan::NotInS3)) => {
+                            return Err(failed.unwrap_or(Error::Missing { what: "chunk", digest: id }));
+                        }
+                        Miss::Plan(Ok(Plan::Wait(f))) => f,
+                        Miss::Plan(Ok(Plan::WaitNeighbours(mut landed))) => {
+                            let _ = landed.wait_for(|l| *l).await;
+                            continue;
+                        }
+                        Miss::Plan(Ok(Plan::Send(pieces, f))) => {
+                            self.launch(pieces)?;
+                            f
+                        }
+                        Miss::Plan(Err(e)) => return Err(failed.unwrap_or(e)),
+                    }
                 }
-                r
-            })
-            .await
-            .clone();
-        // The first to finish retires the flight; later readers hit the cache (or retry).
-        let mut flights = self.read.flights.lock().unwrap();
-        if flights.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            flights.remove(&id);
+            };
+            match land(flight).await {
+                Ok(d) => return Ok(d),
+                Err(e) if place_is_wrong(&e) || matches!(e, Error::Abandoned) => drop(failed.get_or_insert(e)),
+                Err(e) => return Err(e),
+            }
         }
-        r
+        Err(failed.unwrap_or(Error::Abandoned))
+    }
+
+    /// The blocking half of a miss on the async path: the local packs (once), then a plan.
+    fn miss(&self, file: &FileRecord, i: usize, try_local: bool) -> Miss {
+        let id = file.chunks[i].id;
+        if try_local {
+            match self.chunk_local(&id) {
+                Ok(Some(d)) => return Miss::Local(d),
+                // Damaged here: S3 may have it (and if not, this is the error).
+                Err(e) if self.remote.is_some() => return Miss::LocalBad(e),
+                Err(e) => return Miss::Plan(Err(e)),
+                Ok(None) => {}
+            }
+        }
+        if self.remote.is_none() {
+            return Miss::Plan(Err(Error::Missing { what: "chunk", digest: id }));
+        }
+        Miss::Plan(self.plan_fetch(file, i))
     }
 
     /// A chunk from the local packs, verified; `None` when this host has no copy.
@@ -242,6 +334,8 @@ impl Store {
             chunk_cache_budget: self.opts.chunk_cache_bytes as u64,
             chunk_hits: self.read.hits.load(Ordering::Relaxed),
             chunk_misses: self.read.misses.load(Ordering::Relaxed),
+            fetched_bytes: self.read.fetched_bytes.load(Ordering::Relaxed),
+            prefetch_gets: self.read.prefetched_gets.load(Ordering::Relaxed),
         }
     }
 }

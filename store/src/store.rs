@@ -47,6 +47,9 @@ pub struct Options {
     pub runtime: Option<tokio::runtime::Handle>,
     /// The key pushes are signed with, and the keys whose signatures roots from S3 need.
     pub trust: crate::remote::trust::Trust,
+    /// A root from S3 with less than this many bytes to fetch is fetched whole, in the
+    /// background, when the mount first looks it up (at most half `cache_bytes`); 0: never.
+    pub prefetch_below: u64,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             cache_bytes: None,
             runtime: None,
             trust: Default::default(),
+            prefetch_below: crate::remote::lazy::SMALL_ROOT,
         }
     }
 }

@@ -64,6 +64,21 @@ proptest! {
         fuzzing::chunk(&data);
         fuzzing::remote_index(&data);
         fuzzing::root_object(&data);
+        fuzzing::pack_records(&data);
+    }
+
+    #[test]
+    fn changed_pack_stretches_never_break_the_record_walk(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..600), 1..5), e in edits()) {
+        let mut pack = Vec::new();
+        for data in &chunks {
+            let id = Digest::of(Kind::Chunk, data);
+            // A record: id, raw length, stored length, codec, the stored bytes.
+            let len = (data.len() as u32).to_le_bytes();
+            pack.extend_from_slice(&[id.as_bytes().as_slice(), &len, &len, &[Codec::Raw as u8]].concat());
+            pack.extend_from_slice(data);
+        }
+        fuzzing::pack_records(&pack);
+        fuzzing::pack_records(&mutate(pack, &e));
     }
 
     #[test]

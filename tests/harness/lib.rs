@@ -8,6 +8,7 @@
 //! env.rs        Env: a scratch store and the binary run against it; the tool check
 //! mount.rs      Mount: a daemon serving an Env's store, stopped at drop
 //! s3_server.rs  S3Server: moto_server on a free port behind a cuttable proxy
+//! wan.rs        a WAN link (latency, rate per connection, counters) in front of a server
 //! files.rs      test trees and comparisons (bytes, listings, sha256)
 //! ```
 
@@ -15,6 +16,7 @@ mod env;
 mod files;
 mod mount;
 pub mod s3_server;
+pub mod wan;
 
 pub use env::{Env, Run, USER, require_tools, vorpalfs_bin};
 pub use files::{assert_same_tree, chmod, listing, random_bytes, sh, sha256_all, write};

@@ -1,14 +1,16 @@
 //! A real S3-compatible server for the tests: `moto_server` (PyPI, installed in a venv by
 //! `scripts/test.sh`) on a free port of 127.0.0.1, behind a TCP proxy the test can cut and
-//! restore (S3 "going away" without losing the in-memory bucket). Killed at drop.
+//! restore (S3 "going away" without losing the in-memory bucket) and give a WAN link's
+//! latency and rate ([`crate::wan`]). Killed at drop.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::wan::{Counters, Link, Proxy};
 
 pub const BUCKET: &str = "vorpalfs-test";
 
@@ -29,13 +31,19 @@ pub struct S3Server {
     pub port: u16,
     /// The proxy's port: what vorpalfs is given.
     pub proxy_port: u16,
-    up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    link: Link,
+    proxy: Option<Proxy>,
+    counters: Arc<Counters>,
 }
 
 impl S3Server {
-    /// Starts moto, creates the bucket, and starts the proxy.
+    /// Starts moto, creates the bucket, and starts the proxy (no added latency).
     pub fn start() -> S3Server {
+        S3Server::start_with(Link::default())
+    }
+
+    /// [`S3Server::start`] behind a proxy that adds `link`'s latency and rate cap.
+    pub fn start_with(link: Link) -> S3Server {
         let bin = moto_bin();
         assert!(bin.exists(), "{} not found: run scripts/test.sh (it installs moto in a venv)", bin.display());
         let port = free_port();
@@ -54,8 +62,9 @@ impl S3Server {
             child,
             port,
             proxy_port: free_port(),
-            up: Arc::new(AtomicBool::new(false)),
-            conns: Arc::new(Mutex::new(Vec::new())),
+            link,
+            proxy: None,
+            counters: Arc::new(Counters::default()),
         };
         let (status, _) = s.http("PUT", &format!("/{BUCKET}"), b"");
         assert_eq!(status, 200, "create bucket");
@@ -92,44 +101,24 @@ impl S3Server {
                 }
             }
         };
-        self.up.store(true, Ordering::SeqCst);
-        let (up, conns, port) = (self.up.clone(), self.conns.clone(), self.port);
-        std::thread::spawn(move || {
-            listener.set_nonblocking(true).unwrap();
-            while up.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let Ok(server) = TcpStream::connect(("127.0.0.1", port)) else { continue };
-                        conns.lock().unwrap().push(client.try_clone().unwrap());
-                        conns.lock().unwrap().push(server.try_clone().unwrap());
-                        for (mut a, mut b) in
-                            [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-                        {
-                            std::thread::spawn(move || {
-                                let _ = std::io::copy(&mut a, &mut b);
-                                let _ = b.shutdown(Shutdown::Write);
-                            });
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            // Dropping the listener here closes the port: connections are refused.
-        });
+        self.proxy = Some(Proxy::start(listener, self.port, self.link, self.counters.clone()));
     }
 
     /// Cuts S3 off: the port refuses connections and open ones are closed.
     pub fn proxy_down(&mut self) {
-        self.up.store(false, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
+        if let Some(mut p) = self.proxy.take() {
+            p.stop();
         }
         let t = Instant::now();
         while TcpStream::connect(("127.0.0.1", self.proxy_port)).is_ok() {
             assert!(t.elapsed() < Duration::from_secs(5), "proxy still accepting");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// What went through the proxy so far.
+    pub fn traffic(&self) -> &Counters {
+        &self.counters
     }
 
     /// A plain HTTP/1.1 request straight to moto (unsigned; moto does not check): (status, body).
@@ -222,7 +211,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        self.up.store(false, Ordering::SeqCst);
+        self.proxy.take();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -48,6 +48,10 @@ pub fn run(settings: &Settings) -> Result<ExitCode> {
             s3.cache_bytes,
             s3.cache_budget.map_or("none".to_string(), |b| b.to_string())
         );
+        println!(
+            "fetched      {} bytes checked and kept; {} GETs prefetching small roots whole",
+            c.fetched_bytes, c.prefetch_gets
+        );
         let keys: Vec<&str> = s3.trusted_keys.iter().map(|k| k.split(':').next().unwrap_or(k)).collect();
         println!(
             "trust        signs with {}; accepts {}; {}",

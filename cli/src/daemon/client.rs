@@ -116,6 +116,9 @@ pub fn spawn_daemon(settings: &Settings, mountpoint: &Path, threads: Option<usiz
     if let Some(c) = settings.cache_size {
         cmd.arg("--cache-size").arg(c.to_string());
     }
+    if let Some(p) = settings.prefetch_below {
+        cmd.arg("--prefetch-below").arg(p.to_string());
+    }
     if let Some(b) = settings.build_space {
         cmd.arg("--build-space").arg(b.to_string());
     }

@@ -106,6 +106,12 @@ pub struct ChunkCache {
     pub budget: u64,
     pub hits: u64,
     pub misses: u64,
+    /// Bytes fetched from S3 and checked (reads, readahead, neighbours, prefetch).
+    #[serde(default)]
+    pub fetched_bytes: u64,
+    /// GETs sent to fetch small roots whole on first use.
+    #[serde(default)]
+    pub prefetch_gets: u64,
 }
 
 impl From<CacheStats> for ChunkCache {
@@ -115,6 +121,8 @@ impl From<CacheStats> for ChunkCache {
             budget: c.chunk_cache_budget,
             hits: c.chunk_hits,
             misses: c.chunk_misses,
+            fetched_bytes: c.fetched_bytes,
+            prefetch_gets: c.prefetch_gets,
         }
     }
 }

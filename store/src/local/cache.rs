@@ -12,7 +12,6 @@ use lru::LruCache;
 
 use bytes::Bytes;
 
-use crate::error::Result;
 use crate::local::pack::PackWriter;
 use crate::model::digest::Digest;
 
@@ -91,15 +90,39 @@ impl ChunkCache {
     }
 }
 
-/// One fetch of a chunk that every reader wanting it at once waits for.
-pub(crate) type Flight = Arc<tokio::sync::OnceCell<Result<Bytes>>>;
-
-/// Reads in flight and counters.
-#[derive(Default)]
+/// Fetches in flight, readahead windows and counters of the read path.
 pub(crate) struct ReadState {
-    pub flights: Mutex<HashMap<Digest, Flight>>,
+    pub flights: Mutex<HashMap<Digest, crate::remote::lazy::Flight>>,
+    /// Per file (by its first chunk): the chunk after the last window fetched, and its size.
+    pub windows: Mutex<HashMap<Digest, (usize, u64)>>,
+    /// Neighbour reads in flight: pack, byte range, and a channel that says when they landed.
+    pub blind: Mutex<Vec<crate::remote::lazy::BlindRead>>,
+    /// Per pack: where the last neighbour read ended, and its size.
+    pub tails: Mutex<HashMap<Digest, (u64, u64)>>,
+    /// Permits of background GETs (readahead, neighbours, prefetch).
+    pub background: Arc<tokio::sync::Semaphore>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Bytes (uncompressed) fetched from S3 and checked.
+    pub fetched_bytes: AtomicU64,
+    /// GETs sent to prefetch small roots whole.
+    pub prefetched_gets: AtomicU64,
+}
+
+impl Default for ReadState {
+    fn default() -> Self {
+        ReadState {
+            flights: Default::default(),
+            windows: Default::default(),
+            blind: Default::default(),
+            tails: Default::default(),
+            background: Arc::new(tokio::sync::Semaphore::new(crate::remote::lazy::BACKGROUND_GETS)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            prefetched_gets: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The open fetch pack and the recency of fetched packs.

@@ -382,6 +382,15 @@ impl Index {
         Ok(self.remote_places(id)?.into_iter().next().filter(|p| p.state != Place::Wrong))
     }
 
+    /// The place of chunk `id` in `pack`, if that is a known place (one point lookup; places
+    /// recorded before places were keyed by pack are not seen).
+    pub fn remote_place_in(&self, id: &Digest, pack: &Digest) -> Result<Option<RemotePlace>> {
+        let Some(v) = self.get(Cf::Remote, &remote_key(id, pack))? else { return Ok(None) };
+        let (loc, flag) = v.split_at(v.len().min(RemoteLocator::LEN));
+        let loc = RemoteLocator::decode(loc, id)?;
+        Ok(Some(RemotePlace { loc, state: Place::from_flag(flag), legacy: false }))
+    }
+
     /// Whether `pack` is a known place of chunk `id`.
     pub fn has_remote_place(&self, id: &Digest, pack: &Digest) -> Result<bool> {
         if self.contains(Cf::Remote, &remote_key(id, pack))? {

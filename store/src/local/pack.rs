@@ -49,6 +49,23 @@ pub fn record_header(id: &Digest, raw_len: u32, stored_len: u32, codec: Codec) -
     header
 }
 
+/// The whole records in `bytes`, a stretch of a pack (local records, or a remote pack's)
+/// starting at a record's header: each record's chunk id and where its stored bytes are in
+/// `bytes`. Stops at the first record that does not fit. Nothing here is trusted: the caller
+/// checks a record against what it knows before it uses it.
+pub fn records_in(bytes: &[u8]) -> impl Iterator<Item = (Digest, std::ops::Range<usize>)> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let header = bytes.get(at..at.checked_add(RECORD_HEADER as usize)?)?;
+        let id = Digest::from_slice(&header[..32])?;
+        let stored = u32::from_le_bytes(header[36..40].try_into().ok()?) as usize;
+        let data = at + RECORD_HEADER as usize;
+        let end = data.checked_add(stored).filter(|e| *e <= bytes.len())?;
+        at = end;
+        Some((id, data..end))
+    })
+}
+
 /// Compresses a chunk; keeps it raw when zstd does not make it smaller.
 pub fn encode_chunk(z: &mut zstd::bulk::Compressor<'_>, data: &[u8]) -> (Codec, Vec<u8>) {
     match z.compress(data) {

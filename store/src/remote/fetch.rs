@@ -1,6 +1,6 @@
-//! Lazy: a host that has never seen an artifact finds its root in S3 (metadata only, verified)
-//! and fetches each chunk by a ranged GET when it is first read, verified, kept on disk in a
-//! "fetched" pack and indexed.
+//! Lazy: a host that has never seen an artifact finds its root in S3 (metadata only, verified);
+//! its chunks are fetched when first read (`lazy.rs`), or all at once by a pull (`pull.rs`),
+//! verified, kept on disk in a "fetched" pack and indexed.
 //!
 //! A root is recorded only once its whole closure is known and checked: the root object names
 //! a tree and an index; the index's bytes must hash to its name, every tree and file record in
@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, RemoteError, Result};
 use crate::local::index::{Batch, Meta, Place, RemotePlace};
-use crate::local::pack::{PackWriter, RECORD_HEADER, decode_chunk};
+use crate::local::pack::{PackWriter, decode_chunk};
 use crate::model::digest::Digest;
 use crate::model::records::{FileRecord, RemoteLocator};
 use crate::model::tree::{EntryKind, Tree};
@@ -23,12 +23,7 @@ use crate::remote::format::{self, IndexEntry, RootObject};
 use crate::remote::trust::{RootKind, Sig};
 use crate::store::{Resolved, Store};
 
-/// A read that misses fetches up to this many bytes of the file's following chunks in the same
-/// GET when they sit next to it in the remote pack (a sequential read then costs one GET per
-/// READAHEAD bytes, not one per chunk).
-const READAHEAD: u64 = 8 << 20;
-
-/// One ranged GET: chunks of one remote pack, back to back, in offset order.
+/// One ranged GET of a pull: chunks of one remote pack, back to back, in offset order.
 pub(crate) struct Run {
     pub chunks: Vec<(Digest, RemoteLocator)>,
 }
@@ -109,9 +104,11 @@ impl Store {
             false => Some(fetch_index(remote, found.root.index).await?),
         };
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, found, index }).map(Some))
+        let r = tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, found, index }))
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        self.prefetch_small_root(r.tree);
+        Ok(Some(r))
     }
 
     /// Whether a root object's tree is here and its index's chunk places are recorded (if not,
@@ -305,42 +302,6 @@ impl Store {
         }
     }
 
-    /// The GET that fetches chunk `i` of `file`: the chunk, and the chunks after it in the file
-    /// that are neither here nor in memory and sit right after it in the same remote pack, up to
-    /// READAHEAD bytes. `None` when S3 does not have the chunk.
-    fn fetch_plan(&self, file: &FileRecord, i: usize) -> Result<Option<Run>> {
-        let Some(first) = self.place_to_fetch(&file.chunks[i].id)? else { return Ok(None) };
-        let rl = first.loc;
-        let mut run = vec![(file.chunks[i].id, rl)];
-        let mut end = rl.offset + u64::from(rl.stored_len);
-        for c in &file.chunks[i + 1..] {
-            if end - rl.offset >= READAHEAD || self.chunks.contains(&c.id) || self.index.has_chunk(&c.id)? {
-                break;
-            }
-            let places = self.index.remote_places(&c.id)?;
-            let next = |p: &&RemotePlace| {
-                p.state != Place::Wrong && p.loc.pack == rl.pack && p.loc.offset == end + RECORD_HEADER
-            };
-            match places.iter().find(next) {
-                Some(next) => {
-                    end = next.loc.offset + u64::from(next.loc.stored_len);
-                    run.push((c.id, next.loc));
-                }
-                None => break,
-            }
-        }
-        Ok(Some(Run { chunks: run }))
-    }
-
-    /// Whether a failed fetch of a run says its first place is wrong (so the place is dropped
-    /// and the next one tried) rather than that S3 could not be asked.
-    fn place_is_wrong(e: &Error) -> bool {
-        matches!(
-            e,
-            Error::Corrupt { .. } | Error::Remote { source: RemoteError::NotFound | RemoteError::ShortRead { .. }, .. }
-        )
-    }
-
     /// A GET of a run failed. When S3 says the pack is not there, or shorter than the index
     /// says, or not what its name says, the run's places are wrong and are forgotten.
     pub(crate) fn missing_pack(&self, run: &Run, e: Error) -> Error {
@@ -357,66 +318,6 @@ impl Store {
             }
         }
         e
-    }
-
-    /// How many places of one chunk a read tries before it gives up.
-    const MAX_PLACES_TRIED: usize = 4;
-
-    /// Fetches chunk `i` of `file` (and its readahead) from S3, blocking. `None`: not in S3.
-    /// A place that fails (wrong bytes, no such pack) is dropped and the chunk's next place tried.
-    pub(crate) fn fetch_blocking(&self, file: &FileRecord, i: usize) -> Result<Option<Bytes>> {
-        let remote = self.remote_or_err()?;
-        let mut failed = None;
-        for _ in 0..Self::MAX_PLACES_TRIED {
-            let run = match self.fetch_plan(file, i) {
-                Ok(Some(run)) => run,
-                Ok(None) => break,
-                // Every place is wrong now: the first failure says best why.
-                Err(e) => return Err(failed.unwrap_or(e)),
-            };
-            let _span =
-                tracing::debug_span!("fetch", chunks = run.chunks.len(), bytes = run.range().end - run.range().start)
-                    .entered();
-            let got = match remote.wait(remote.get_range(format::pack_key(&run.pack()), run.range())) {
-                Ok(bytes) => self.accept_run(&run, bytes, false),
-                Err(e) => Err(self.missing_pack(&run, e)),
-            };
-            match got {
-                Ok(b) => return Ok(Some(b)),
-                Err(e) if Self::place_is_wrong(&e) => failed = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        failed.map_or(Ok(None), Err)
-    }
-
-    /// [`Store::fetch_blocking`] on the I/O runtime.
-    pub(crate) async fn fetch_async(self: &Arc<Self>, file: Arc<FileRecord>, i: usize) -> Result<Option<Bytes>> {
-        let remote = self.remote_or_err()?.clone();
-        let mut failed = None;
-        for _ in 0..Self::MAX_PLACES_TRIED {
-            let run = match self.fetch_plan(&file, i) {
-                Ok(Some(run)) => run,
-                Ok(None) => break,
-                Err(e) => return Err(failed.unwrap_or(e)),
-            };
-            let span =
-                tracing::debug_span!("fetch", chunks = run.chunks.len(), bytes = run.range().end - run.range().start);
-            let get = remote.get_range(format::pack_key(&run.pack()), run.range());
-            let store = self.clone();
-            let got = match tracing::Instrument::instrument(get, span).await {
-                Ok(bytes) => tokio::task::spawn_blocking(move || store.accept_run(&run, bytes, false))
-                    .await
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
-                Err(e) => Err(self.missing_pack(&run, e)),
-            };
-            match got {
-                Ok(b) => return Ok(Some(b)),
-                Err(e) if Self::place_is_wrong(&e) => failed = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        failed.map_or(Ok(None), Err)
     }
 
     /// Verifies the chunks of a fetched run, keeps the good ones on disk and in memory, and

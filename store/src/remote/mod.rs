@@ -8,7 +8,8 @@
 //! memory.rs  an in-memory backend with injected faults (latency, errors, corruption, outage)
 //! format.rs  what is stored: remote pack records, root objects, root indexes (bounded decoders)
 //! push.rs    a root and the data S3 lacks, up
-//! fetch.rs   lazy lookup of remote roots and chunk fetches on read, verified, kept on disk
+//! fetch.rs   lazy lookup of remote roots: metadata fetched, checked and recorded
+//! lazy.rs    chunk fetches on read: parallel pieces, growing readahead, neighbours, flights
 //! pull.rs    a whole root down
 //! evict.rs   the byte budget of fetched data
 //! claims.rs  build claims (build a digest once across hosts)
@@ -36,6 +37,7 @@ pub mod claims;
 pub mod evict;
 pub mod fetch;
 pub mod format;
+pub mod lazy;
 pub mod memory;
 pub mod pull;
 pub mod push;
@@ -337,6 +339,17 @@ impl Remote {
 
     /// Bytes `range` of an object (a ranged GET), exactly as many as asked for.
     pub fn get_range(&self, key: String, range: Range<u64>) -> impl Future<Output = Result<Bytes>> + Send + 'static {
+        self.get_range_of(key, range, true)
+    }
+
+    /// Bytes `range` of an object; unless `exact`, the range may run past the object's end
+    /// (fewer bytes come back). Never more than asked for.
+    pub fn get_range_of(
+        &self,
+        key: String,
+        range: Range<u64>,
+        exact: bool,
+    ) -> impl Future<Output = Result<Bytes>> + Send + 'static {
         let this = self.clone();
         async move {
             let want = range.end - range.start;
@@ -345,7 +358,7 @@ impl Remote {
                 .call(&key, this.data_deadline(want), || async {
                     match backend.get(&key, Some(range.clone())).await? {
                         None => Err(RemoteError::NotFound),
-                        Some(b) if b.len() as u64 != want => {
+                        Some(b) if b.len() as u64 > want || (exact && b.len() as u64 != want) => {
                             Err(RemoteError::ShortRead { offset: range.start, want, got: b.len() as u64 })
                         }
                         Some(b) => Ok(b),

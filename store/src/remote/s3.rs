@@ -139,6 +139,10 @@ impl S3 {
         let mut out = Vec::with_capacity(cap);
         let mut body = o.body;
         while let Some(part) = body.try_next().await.map_err(|e| RemoteError::Transport(chain(&e)))? {
+            // A server that ignores the range is not read past it.
+            if range.is_some() && out.len() + part.len() > cap {
+                return Err(RemoteError::TooLarge { limit: cap as u64 });
+            }
             out.extend_from_slice(&part);
         }
         Ok(Some(out.into()))

@@ -1,0 +1,506 @@
+//! The chunk fetches of lazy reads, shaped for a link with latency: a miss is one round trip
+//! however much follows it.
+//!
+//! - **Pieces in parallel.** A miss plans a run: the chunk asked for and the file's following
+//!   chunks that sit after it in the same S3 pack, up to the file's readahead window. The run is
+//!   cut into pieces, one ranged GET each, all sent at once; the piece holding the chunk asked
+//!   for is small, so the reader waits for one round trip and little transfer, not the window.
+//! - **A window that grows.** A reader that misses exactly where the last window ended is
+//!   reading sequentially: its next window is twice as large (up to [`WINDOW_MAX`]); any other
+//!   miss starts again at [`WINDOW_MIN`].
+//! - **Neighbours.** A miss in a small file also reads [`NEIGHBOURS`] bytes past it in the pack
+//!   (a piece of its own, in the background): a push lays a directory's files out together, so
+//!   these are the files next to it, which a program reading one tends to read next. Their
+//!   records are parsed from the bytes and kept only when the index knows exactly that place for
+//!   that chunk and its content matches its digest.
+//! - **Every chunk fetched once.** Each planned chunk has a flight that its readers wait on;
+//!   a run stops at a chunk already in flight.
+//! - **Demand first.** Pieces beyond the one a reader waits for (readahead, neighbours,
+//!   prefetch) take one of [`BACKGROUND_GETS`] permits; the demanded piece never waits for one.
+//!
+//! Every chunk is verified before anything sees it, kept in memory and in the open fetch pack,
+//! and its place marked verified; a place that gives wrong bytes or none is marked wrong, and
+//! readers waiting on it plan again from the chunk's next place.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::error::{Error, RemoteError, Result};
+use crate::local::index::Place;
+use crate::local::pack::{RECORD_HEADER, decode_chunk, records_in};
+use crate::model::digest::Digest;
+use crate::model::records::{FileRecord, RemoteLocator};
+use crate::remote::format;
+use crate::store::Store;
+
+/// The first readahead window of a file, and the largest it grows to.
+pub(crate) const WINDOW_MIN: u64 = 4 << 20;
+pub(crate) const WINDOW_MAX: u64 = 64 << 20;
+/// The piece a reader waits for ends at the first chunk boundary past this many bytes.
+const DEMAND_PIECE: u64 = 256 << 10;
+/// Readahead pieces carry about this much each (fewer bytes for a small window: at least four
+/// pieces, so that a window arrives in about one round trip).
+const PIECE_MAX: u64 = 4 << 20;
+const PIECE_MIN: u64 = 1 << 20;
+/// A miss in a file smaller than this also reads this far past the file in its S3 pack; a miss
+/// right where such a read ended reads twice as far, up to [`NEIGHBOURS_MAX`].
+pub(crate) const NEIGHBOURS: u64 = 1 << 20;
+const NEIGHBOURS_MAX: u64 = 8 << 20;
+/// GETs in the background at once (readahead, neighbours, prefetch). Demand GETs are not
+/// counted: they never wait behind these.
+pub(crate) const BACKGROUND_GETS: usize = 8;
+/// By default, a root whose chunks not here take less than this in S3 is fetched whole, in the
+/// background, when first looked up on this host (at most half the cache budget, when one is
+/// set): small roots cost one round trip in all, not one per file.
+pub(crate) const SMALL_ROOT: u64 = 64 << 20;
+/// Prefetch reads over gaps this small between wanted chunks of a pack (one GET, not two).
+const PREFETCH_GAP: u64 = 256 << 10;
+/// Files whose readahead window is remembered (beyond this the memory is cleared).
+const WINDOWS_KEPT: usize = 4096;
+
+/// A neighbour read in flight: the pack, the byte range, and whether it has landed.
+pub(crate) type BlindRead = (Digest, Range<u64>, watch::Receiver<bool>);
+
+/// What a flight ends with; `None` while in the air.
+pub(crate) type Landing = Option<Result<Bytes>>;
+/// One fetch of a chunk that every reader wanting it waits for.
+pub(crate) type Flight = watch::Receiver<Landing>;
+
+/// One ranged GET of a remote pack.
+pub(crate) struct Piece {
+    pack: Digest,
+    what: PieceKind,
+    /// A reader waits for it: sent at once, not behind background GETs.
+    demand: bool,
+}
+
+enum PieceKind {
+    /// Chunks known to sit back to back from the first's offset, each with its flight.
+    Known(Vec<(Digest, RemoteLocator, watch::Sender<Landing>)>),
+    /// Bytes read blind (neighbours): whole records in them are parsed and kept if wanted;
+    /// the sender says when they landed (readers of chunks in the range wait for it).
+    Blind(Range<u64>, watch::Sender<bool>),
+}
+
+impl Piece {
+    fn range(&self) -> Range<u64> {
+        match &self.what {
+            PieceKind::Known(c) => {
+                let start = c[0].1.offset;
+                start..c.iter().map(|(_, l, _)| l.offset + u64::from(l.stored_len)).max().unwrap_or(start)
+            }
+            PieceKind::Blind(r, _) => r.clone(),
+        }
+    }
+}
+
+/// What a miss leads to.
+pub(crate) enum Plan {
+    /// The chunk is being fetched: wait for it.
+    Wait(Flight),
+    /// The chunk may be in a neighbour read in flight: wait for it to land, then look again.
+    WaitNeighbours(watch::Receiver<bool>),
+    /// GETs to send; the chunk's flight is among them.
+    Send(Vec<Piece>, Flight),
+    /// S3 has no place for the chunk.
+    NotInS3,
+}
+
+/// Whether an error says a place is wrong (its next place may be tried), not that S3 could
+/// not be asked.
+pub(crate) fn place_is_wrong(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Corrupt { .. } | Error::Remote { source: RemoteError::NotFound | RemoteError::ShortRead { .. }, .. }
+    )
+}
+
+impl Store {
+    /// The chunk's flight, if it is being fetched. A flight whose fetch went away without
+    /// landing (its task dropped) is forgotten.
+    pub(crate) fn flight(&self, id: &Digest) -> Option<Flight> {
+        let mut flights = self.read.flights.lock().unwrap();
+        let f = flights.get(id)?;
+        if f.borrow().is_none() && f.has_changed().is_err() {
+            flights.remove(id);
+            return None;
+        }
+        Some(f.clone())
+    }
+
+    /// The readahead window for a miss at chunk `i` of `file`, which fetches chunks up to (not
+    /// including) the one the caller then records with [`Store::fetched_up_to`].
+    fn window(&self, file: &FileRecord, i: usize) -> u64 {
+        let w = self.read.windows.lock().unwrap();
+        match w.get(&file.chunks[0].id) {
+            Some(&(next, size)) if next == i => (size * 2).min(WINDOW_MAX),
+            _ => WINDOW_MIN,
+        }
+    }
+
+    fn fetched_up_to(&self, file: &FileRecord, next: usize, window: u64) {
+        let mut w = self.read.windows.lock().unwrap();
+        if w.len() >= WINDOWS_KEPT {
+            w.clear();
+        }
+        w.insert(file.chunks[0].id, (next, window));
+    }
+
+    /// Plans the fetch of chunk `i` of `file` (blocking: index lookups) and registers the
+    /// flights of what it will fetch.
+    pub(crate) fn plan_fetch(&self, file: &FileRecord, i: usize) -> Result<Plan> {
+        let id = file.chunks[i].id;
+        if let Some(f) = self.flight(&id) {
+            return Ok(Plan::Wait(f));
+        }
+        let Some(first) = self.place_to_fetch(&id)? else { return Ok(Plan::NotInS3) };
+        let rl = first.loc;
+        if let Some(landed) = self.in_blind_read(&rl) {
+            return Ok(Plan::WaitNeighbours(landed));
+        }
+        let window = self.window(file, i);
+        let mut run = vec![(id, rl)];
+        let mut end = rl.offset + u64::from(rl.stored_len);
+        let mut to_file_end = true;
+        for c in &file.chunks[i + 1..] {
+            if end - rl.offset >= window {
+                to_file_end = false;
+                break;
+            }
+            if self.chunks.contains(&c.id) || self.index.has_chunk(&c.id)? {
+                to_file_end = false;
+                break;
+            }
+            match self.index.remote_place_in(&c.id, &rl.pack)? {
+                Some(p) if p.state != Place::Wrong && p.loc.offset == end + RECORD_HEADER => {
+                    end = p.loc.offset + u64::from(p.loc.stored_len);
+                    run.push((c.id, p.loc));
+                }
+                _ => {
+                    to_file_end = false;
+                    break;
+                }
+            }
+        }
+        // Register the flights; the run stops at a chunk someone else is fetching.
+        let mut flights = self.read.flights.lock().unwrap();
+        if let Some(f) = flights.get(&id) {
+            return Ok(Plan::Wait(f.clone()));
+        }
+        let mut chunks = Vec::with_capacity(run.len());
+        for (n, (cid, loc)) in run.into_iter().enumerate() {
+            if n > 0 && flights.contains_key(&cid) {
+                to_file_end = false;
+                break;
+            }
+            let (tx, rx) = watch::channel(None);
+            flights.insert(cid, rx);
+            chunks.push((cid, loc, tx));
+        }
+        let wait = flights.get(&id).expect("registered").clone();
+        drop(flights);
+        self.fetched_up_to(file, i + chunks.len(), window);
+        let blind_from = chunks.last().map(|(_, l, _)| l.offset + u64::from(l.stored_len)).expect("one chunk");
+        let mut pieces = cut(rl.pack, chunks, window);
+        if to_file_end && file.size < NEIGHBOURS {
+            let size = {
+                let mut tails = self.read.tails.lock().unwrap();
+                if tails.len() >= WINDOWS_KEPT {
+                    tails.clear();
+                }
+                let size = match tails.get(&rl.pack) {
+                    // The record asked for straddles (or starts at) where the last one ended.
+                    Some(&(end, size))
+                        if rl.offset.saturating_sub(RECORD_HEADER) <= end
+                            && end <= rl.offset + u64::from(rl.stored_len) =>
+                    {
+                        (size * 2).min(NEIGHBOURS_MAX)
+                    }
+                    _ => NEIGHBOURS,
+                };
+                tails.insert(rl.pack, (blind_from.saturating_add(size), size));
+                size
+            };
+            let (tx, rx) = watch::channel(false);
+            let range = blind_from..blind_from.saturating_add(size);
+            self.read.blind.lock().unwrap().push((rl.pack, range.clone(), rx));
+            pieces.push(Piece { pack: rl.pack, what: PieceKind::Blind(range, tx), demand: false });
+        }
+        Ok(Plan::Send(pieces, wait))
+    }
+
+    /// A neighbour read in flight that holds the chunk at `rl`, if any.
+    fn in_blind_read(&self, rl: &RemoteLocator) -> Option<watch::Receiver<bool>> {
+        let mut blind = self.read.blind.lock().unwrap();
+        // A read whose task went away without landing is forgotten.
+        blind.retain(|(_, _, rx)| *rx.borrow() || rx.has_changed().is_ok());
+        let end = rl.offset.saturating_add(u64::from(rl.stored_len));
+        blind.iter().find(|(p, r, _)| *p == rl.pack && r.start < rl.offset && end <= r.end).map(|(_, _, rx)| rx.clone())
+    }
+
+    /// Fetches a small root whole in the background (see [`SMALL_ROOT`]): plans on the blocking
+    /// pool, then sends coalesced pieces as background GETs. Returns at once.
+    pub(crate) fn prefetch_small_root(self: &Arc<Self>, tree: Digest) {
+        let Some(remote) = self.remote.as_ref() else { return };
+        let store = self.clone();
+        remote.handle().spawn_blocking(move || {
+            let pieces = match store.plan_prefetch(&tree) {
+                Ok(p) => p,
+                Err(e) => return tracing::debug!(tree = %tree, "no prefetch: {e}"),
+            };
+            if !pieces.is_empty() {
+                let bytes: u64 = pieces.iter().map(|p| p.range().end - p.range().start).sum();
+                tracing::info!(tree = %tree, gets = pieces.len(), bytes, "prefetching a small root whole");
+                store.read.prefetched_gets.fetch_add(pieces.len() as u64, Relaxed);
+                if let Err(e) = store.launch(pieces) {
+                    tracing::debug!("no prefetch: {e}");
+                }
+            }
+        });
+    }
+
+    /// The pieces that fetch every chunk of `tree` not here, if they fit the small-root budget
+    /// (none otherwise), with their flights registered.
+    fn plan_prefetch(&self, tree: &Digest) -> Result<Vec<Piece>> {
+        let budget = match self.opts.cache_bytes {
+            Some(c) => self.opts.prefetch_below.min(c / 2),
+            None => self.opts.prefetch_below,
+        };
+        if budget == 0 {
+            return Ok(Vec::new());
+        }
+        let mut by_pack: std::collections::HashMap<Digest, Vec<(Digest, RemoteLocator)>> = Default::default();
+        let mut total = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![*tree];
+        while let Some(t) = stack.pop() {
+            if !seen.insert(t) {
+                continue;
+            }
+            for e in self.tree(&t)?.entries() {
+                match &e.kind {
+                    crate::EntryKind::Dir { digest, .. } => stack.push(*digest),
+                    crate::EntryKind::File { digest, .. } if seen.insert(*digest) => {
+                        for c in &self.file(digest)?.chunks {
+                            if !seen.insert(c.id) || self.chunks.contains(&c.id) || self.index.has_chunk(&c.id)? {
+                                continue;
+                            }
+                            let Some(p) = self.index.remote_place(&c.id)? else { continue };
+                            total += u64::from(p.loc.stored_len) + RECORD_HEADER;
+                            if total > budget {
+                                return Ok(Vec::new());
+                            }
+                            by_pack.entry(p.loc.pack).or_default().push((c.id, p.loc));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut pieces = Vec::new();
+        let mut flights = self.read.flights.lock().unwrap();
+        for (pack, mut chunks) in by_pack {
+            chunks.sort_by_key(|(_, l)| l.offset);
+            let mut cur: Vec<(Digest, RemoteLocator, watch::Sender<Landing>)> = Vec::new();
+            for (id, loc) in chunks {
+                if flights.contains_key(&id) {
+                    continue;
+                }
+                if let Some((_, first, _)) = cur.first() {
+                    let end = cur.iter().map(|(_, l, _)| l.offset + u64::from(l.stored_len)).max().unwrap_or(0);
+                    if loc.offset > end + PREFETCH_GAP
+                        || loc.offset + u64::from(loc.stored_len) - first.offset > PIECE_MAX
+                    {
+                        pieces.push(Piece { pack, what: PieceKind::Known(std::mem::take(&mut cur)), demand: false });
+                    }
+                }
+                let (tx, rx) = watch::channel(None);
+                flights.insert(id, rx);
+                cur.push((id, loc, tx));
+            }
+            if !cur.is_empty() {
+                pieces.push(Piece { pack, what: PieceKind::Known(cur), demand: false });
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// Sends the pieces' GETs on the I/O runtime; each piece's chunks are checked and kept as
+    /// it arrives. Returns at once.
+    pub(crate) fn launch(self: &Arc<Self>, pieces: Vec<Piece>) -> Result<()> {
+        let remote = self.remote_or_err()?.clone();
+        for p in pieces {
+            let (store, remote) = (self.clone(), remote.clone());
+            let background = self.read.background.clone();
+            remote.clone().handle().spawn(async move {
+                let _permit = match p.demand {
+                    true => None,
+                    false => background.acquire_owned().await.ok(),
+                };
+                let got = get_piece(&remote, &p).await;
+                let _ = tokio::task::spawn_blocking(move || store.land(p, got)).await;
+            });
+        }
+        Ok(())
+    }
+
+    /// [`Store::launch`] for a thread that may block: sends every GET at once, then checks and
+    /// keeps each piece as it comes, in order, and returns when all have landed.
+    pub(crate) fn send_and_wait(&self, pieces: Vec<Piece>) -> Result<()> {
+        let remote = self.remote_or_err()?;
+        let gets: Vec<_> = pieces.iter().map(|p| remote.handle().spawn(get_piece(remote, p))).collect();
+        for (p, get) in pieces.into_iter().zip(gets) {
+            let got = remote.wait(get).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            self.land(p, got);
+        }
+        Ok(())
+    }
+
+    /// A piece's GET finished: checks its chunks, hands them to their readers, keeps them,
+    /// and retires their flights. Never fails: errors go to the readers.
+    fn land(&self, p: Piece, got: Result<Bytes>) {
+        let start = p.range().start;
+        match p.what {
+            PieceKind::Known(chunks) => {
+                let bytes = match got {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let wrong = place_is_wrong(&e);
+                        for (id, _, tx) in &chunks {
+                            if wrong && let Err(f) = self.forget_place(id, &p.pack, &e) {
+                                tracing::warn!("cannot record a wrong place: {f}");
+                            }
+                            tx.send_replace(Some(Err(e.clone())));
+                        }
+                        return self.retire(chunks.iter().map(|(id, _, tx)| (id, tx)));
+                    }
+                };
+                let mut good = Vec::with_capacity(chunks.len());
+                for (id, rl, tx) in &chunks {
+                    let at = (rl.offset - start) as usize;
+                    let stored = bytes.slice(at..at + rl.stored_len as usize);
+                    let place = || format!("fetched from S3 pack {} at {}", rl.pack, rl.offset);
+                    match decode_chunk(id, rl, stored.clone(), &place) {
+                        Ok(data) => {
+                            self.chunks.insert(*id, data.clone());
+                            tx.send_replace(Some(Ok(data)));
+                            good.push((*id, *rl, stored));
+                        }
+                        Err(e) => {
+                            if let Err(f) = self.forget_place(id, &rl.pack, &e) {
+                                tracing::warn!("cannot record a wrong place: {f}");
+                            }
+                            tx.send_replace(Some(Err(e)));
+                        }
+                    }
+                }
+                self.keep(&good);
+                self.retire(chunks.iter().map(|(id, _, tx)| (id, tx)));
+            }
+            PieceKind::Blind(_, landed) => {
+                match got {
+                    Ok(bytes) => {
+                        let good = self.neighbours(&p.pack, start, &bytes);
+                        landed.send_replace(true);
+                        self.keep(&good);
+                    }
+                    Err(e) => tracing::debug!(pack = %p.pack, "reading the neighbours of a file failed: {e}"),
+                }
+                landed.send_replace(true);
+                self.read.blind.lock().unwrap().retain(|(_, _, rx)| !rx.same_channel(&landed.subscribe()));
+            }
+        }
+    }
+
+    /// The chunks in blind bytes `bytes` (from offset `start` of remote `pack`) that this host
+    /// wants: whole records at a place the index knows for that chunk, not here, not being
+    /// fetched, and matching their digest. Each is put in memory.
+    fn neighbours(&self, pack: &Digest, start: u64, bytes: &Bytes) -> Vec<(Digest, RemoteLocator, Bytes)> {
+        let mut good = Vec::new();
+        for (id, data) in records_in(bytes) {
+            let offset = start + data.start as u64;
+            // The place the index knows gives the lengths and codec: a hostile header gives
+            // nothing but where the next record starts.
+            let known = match self.index.remote_place_in(&id, pack) {
+                Ok(Some(p)) if p.state != Place::Wrong && p.loc.offset == offset => p.loc,
+                _ => continue,
+            };
+            if known.stored_len as usize != data.len()
+                || self.chunks.contains(&id)
+                || self.flight(&id).is_some()
+                || self.index.has_chunk(&id).unwrap_or(true)
+            {
+                continue;
+            }
+            let stored = bytes.slice(data);
+            let place = || format!("fetched from S3 pack {pack} at {offset}");
+            match decode_chunk(&id, &known, stored.clone(), &place) {
+                Ok(data) => {
+                    self.chunks.insert(id, data);
+                    good.push((id, known, stored));
+                }
+                Err(e) => {
+                    if let Err(f) = self.forget_place(&id, pack, &e) {
+                        tracing::warn!("cannot record a wrong place: {f}");
+                    }
+                }
+            }
+        }
+        good
+    }
+
+    /// Keeps verified chunks on disk (a read has its bytes whether or not they could be kept).
+    fn keep(&self, good: &[(Digest, RemoteLocator, Bytes)]) {
+        if good.is_empty() {
+            return;
+        }
+        self.read.fetched_bytes.fetch_add(good.iter().map(|(_, l, _)| u64::from(l.raw_len)).sum(), Relaxed);
+        if let Err(e) = self.keep_fetched(good, false) {
+            tracing::warn!("cannot keep chunks fetched from S3 on disk (they are served anyway): {e}");
+        }
+    }
+
+    fn retire<'a>(&self, flights: impl Iterator<Item = (&'a Digest, &'a watch::Sender<Landing>)>) {
+        let mut map = self.read.flights.lock().unwrap();
+        for (id, tx) in flights {
+            if map.get(id).is_some_and(|rx| rx.same_channel(&tx.subscribe())) {
+                map.remove(id);
+            }
+        }
+    }
+}
+
+/// Cuts a run into pieces: the first small (the reader waits for it), the rest about a
+/// quarter of the window each, within [`PIECE_MIN`, `PIECE_MAX`].
+fn cut(pack: Digest, chunks: Vec<(Digest, RemoteLocator, watch::Sender<Landing>)>, window: u64) -> Vec<Piece> {
+    let piece = (window / 4).clamp(PIECE_MIN, PIECE_MAX);
+    let mut pieces = Vec::new();
+    let mut cur: Vec<(Digest, RemoteLocator, watch::Sender<Landing>)> = Vec::new();
+    let mut bytes = 0u64;
+    for c in chunks {
+        bytes += u64::from(c.1.stored_len) + RECORD_HEADER;
+        cur.push(c);
+        let limit = if pieces.is_empty() { DEMAND_PIECE } else { piece };
+        if bytes >= limit {
+            let demand = pieces.is_empty();
+            pieces.push(Piece { pack, what: PieceKind::Known(std::mem::take(&mut cur)), demand });
+            bytes = 0;
+        }
+    }
+    if !cur.is_empty() {
+        let demand = pieces.is_empty();
+        pieces.push(Piece { pack, what: PieceKind::Known(cur), demand });
+    }
+    pieces
+}
+
+fn get_piece(
+    remote: &crate::remote::Remote,
+    p: &Piece,
+) -> impl std::future::Future<Output = Result<Bytes>> + Send + 'static {
+    remote.get_range_of(format::pack_key(&p.pack), p.range(), !matches!(p.what, PieceKind::Blind(..)))
+}
