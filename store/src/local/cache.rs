@@ -94,7 +94,7 @@ impl ChunkCache {
 pub(crate) struct ReadState {
     pub flights: Mutex<HashMap<Digest, crate::remote::lazy::Flight>>,
     /// Per file (by its first chunk): the chunk after the last window fetched, and its size.
-    pub windows: Mutex<HashMap<Digest, (usize, u64)>>,
+    pub windows: Mutex<HashMap<Digest, crate::remote::lazy::FileReads>>,
     /// Neighbour reads in flight: pack, byte range, and a channel that says when they landed.
     pub blind: Mutex<Vec<crate::remote::lazy::BlindRead>>,
     /// Per pack: where the last neighbour read ended, and its size.
@@ -107,6 +107,8 @@ pub(crate) struct ReadState {
     pub fetched_bytes: AtomicU64,
     /// GETs sent to prefetch small roots whole.
     pub prefetched_gets: AtomicU64,
+    /// Large files read in many places whose rest was fetched in the background.
+    pub whole_files: AtomicU64,
 }
 
 impl Default for ReadState {
@@ -121,6 +123,7 @@ impl Default for ReadState {
             misses: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             prefetched_gets: AtomicU64::new(0),
+            whole_files: AtomicU64::new(0),
         }
     }
 }

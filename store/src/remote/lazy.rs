@@ -22,6 +22,7 @@
 //! and its place marked verified; a place that gives wrong bytes or none is marked wrong, and
 //! readers waiting on it plan again from the chunk's next place.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -59,8 +60,27 @@ pub(crate) const BACKGROUND_GETS: usize = 8;
 pub(crate) const SMALL_ROOT: u64 = 64 << 20;
 /// Prefetch reads over gaps this small between wanted chunks of a pack (one GET, not two).
 const PREFETCH_GAP: u64 = 256 << 10;
+/// A link whose small GETs take this long or more is far: over it, a round trip costs more than
+/// the bytes a neighbour read or a whole-file read adds (S3 from another place: 10–30 ms); over
+/// a near one (a server on the same host or rack) they cost more than they save.
+const FAR: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// The third miss in a file larger than two windows (and at most [`WHOLE_FILE_MAX`], or a
+/// quarter of the cache budget) has the rest of the file fetched in the background: a program
+/// faulting through a library by mmap touches it in many places, each a round trip otherwise.
+const WHOLE_AFTER: u32 = 3;
+const WHOLE_FILE_MAX: u64 = 512 << 20;
 /// Files whose readahead window is remembered (beyond this the memory is cleared).
 const WINDOWS_KEPT: usize = 4096;
+
+/// What the read path remembers of a file being read from S3.
+pub(crate) struct FileReads {
+    /// The chunk after the last window fetched, and that window's size.
+    next: usize,
+    window: u64,
+    /// Misses planned so far.
+    misses: u32,
+}
 
 /// A neighbour read in flight: the pack, the byte range, and whether it has landed.
 pub(crate) type BlindRead = (Digest, Range<u64>, watch::Receiver<bool>);
@@ -133,13 +153,20 @@ impl Store {
     }
 
     /// The readahead window for a miss at chunk `i` of `file`, which fetches chunks up to (not
-    /// including) the one the caller then records with [`Store::fetched_up_to`].
-    fn window(&self, file: &FileRecord, i: usize) -> u64 {
+    /// including) the one the caller then records with [`Store::fetched_up_to`]; and whether
+    /// this miss is the one that has the rest of the file fetched (see [`WHOLE_AFTER`]).
+    fn window(&self, file: &FileRecord, i: usize) -> (u64, bool) {
         let w = self.read.windows.lock().unwrap();
-        match w.get(&file.chunks[0].id) {
-            Some(&(next, size)) if next == i => (size * 2).min(WINDOW_MAX),
-            _ => WINDOW_MIN,
-        }
+        let (window, misses) = match w.get(&file.chunks[0].id) {
+            Some(r) if r.next == i => ((r.window * 2).min(WINDOW_MAX), r.misses + 1),
+            Some(r) => (WINDOW_MIN, r.misses + 1),
+            None => (WINDOW_MIN, 1),
+        };
+        let limit = match self.opts.cache_bytes {
+            Some(c) => WHOLE_FILE_MAX.min(c / 4),
+            None => WHOLE_FILE_MAX,
+        };
+        (window, misses == WHOLE_AFTER && file.size > 2 * WINDOW_MIN && file.size <= limit)
     }
 
     fn fetched_up_to(&self, file: &FileRecord, next: usize, window: u64) {
@@ -147,7 +174,8 @@ impl Store {
         if w.len() >= WINDOWS_KEPT {
             w.clear();
         }
-        w.insert(file.chunks[0].id, (next, window));
+        let r = w.entry(file.chunks[0].id).or_insert(FileReads { next, window, misses: 0 });
+        (r.next, r.window, r.misses) = (next, window, r.misses.saturating_add(1));
     }
 
     /// Plans the fetch of chunk `i` of `file` (blocking: index lookups) and registers the
@@ -162,7 +190,7 @@ impl Store {
         if let Some(landed) = self.in_blind_read(&rl) {
             return Ok(Plan::WaitNeighbours(landed));
         }
-        let window = self.window(file, i);
+        let (window, whole) = self.window(file, i);
         let mut run = vec![(id, rl)];
         let mut end = rl.offset + u64::from(rl.stored_len);
         let mut to_file_end = true;
@@ -206,7 +234,13 @@ impl Store {
         self.fetched_up_to(file, i + chunks.len(), window);
         let blind_from = chunks.last().map(|(_, l, _)| l.offset + u64::from(l.stored_len)).expect("one chunk");
         let mut pieces = cut(rl.pack, chunks, window);
-        if to_file_end && file.size < NEIGHBOURS {
+        if whole && self.far_from_s3() {
+            let rest = self.rest_of_file(file)?;
+            self.read.whole_files.fetch_add(1, Relaxed);
+            tracing::debug!(gets = rest.len(), "a large file read in many places: fetching the rest of it");
+            pieces.extend(rest);
+        }
+        if to_file_end && file.size < NEIGHBOURS && self.far_from_s3() {
             let size = {
                 let mut tails = self.read.tails.lock().unwrap();
                 if tails.len() >= WINDOWS_KEPT {
@@ -231,6 +265,13 @@ impl Store {
             pieces.push(Piece { pack: rl.pack, what: PieceKind::Blind(range, tx), demand: false });
         }
         Ok(Plan::Send(pieces, wait))
+    }
+
+    /// Whether a round trip to S3 costs more than moving a MiB (neighbours and the rest of a
+    /// file read in many places are then worth fetching unasked): small GETs have taken
+    /// [`FAR`] or more lately, or none was timed yet.
+    fn far_from_s3(&self) -> bool {
+        self.remote.as_ref().and_then(|r| r.round_trip()).is_none_or(|t| t >= FAR)
     }
 
     /// A neighbour read in flight that holds the chunk at `rl`, if any.
@@ -273,7 +314,7 @@ impl Store {
         if budget == 0 {
             return Ok(Vec::new());
         }
-        let mut by_pack: std::collections::HashMap<Digest, Vec<(Digest, RemoteLocator)>> = Default::default();
+        let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>> = HashMap::new();
         let mut total = 0u64;
         let mut seen = std::collections::HashSet::new();
         let mut stack = vec![*tree];
@@ -301,6 +342,13 @@ impl Store {
                 }
             }
         }
+        Ok(self.background_pieces(by_pack))
+    }
+
+    /// Background pieces fetching `by_pack` (chunks and their places, grouped by remote pack):
+    /// per pack in offset order, coalesced over gaps under [`PREFETCH_GAP`] into pieces of at
+    /// most [`PIECE_MAX`], with their flights registered (chunks already in flight left out).
+    fn background_pieces(&self, by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>>) -> Vec<Piece> {
         let mut pieces = Vec::new();
         let mut flights = self.read.flights.lock().unwrap();
         for (pack, mut chunks) in by_pack {
@@ -326,7 +374,23 @@ impl Store {
                 pieces.push(Piece { pack, what: PieceKind::Known(cur), demand: false });
             }
         }
-        Ok(pieces)
+        pieces
+    }
+
+    /// The rest of a large file being read in many places (a library faulted through by mmap):
+    /// background pieces for every chunk of it not here and not in flight.
+    fn rest_of_file(&self, file: &FileRecord) -> Result<Vec<Piece>> {
+        let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for c in &file.chunks {
+            if !seen.insert(c.id) || self.chunks.contains(&c.id) || self.index.has_chunk(&c.id)? {
+                continue;
+            }
+            if let Some(p) = self.index.remote_place(&c.id)? {
+                by_pack.entry(p.loc.pack).or_default().push((c.id, p.loc));
+            }
+        }
+        Ok(self.background_pieces(by_pack))
     }
 
     /// Sends the pieces' GETs on the I/O runtime; each piece's chunks are checked and kept as

@@ -76,6 +76,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn delete(&self, key: &str) -> BoxFuture<'_, R<()>>;
 }
 
+/// A GET of at most this many bytes is timed as a round trip.
+const SMALL_GET: usize = 64 << 10;
+
 /// How requests are retried and bounded.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -117,6 +120,8 @@ pub struct Counters {
     pub puts: AtomicU64,
     pub put_bytes: AtomicU64,
     pub errors: AtomicU64,
+    /// A moving average of the time small GETs take, in microseconds (0: none seen yet).
+    pub small_get_micros: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -306,6 +311,28 @@ impl Remote {
         self.inner.counters.get_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Records how long a successful GET of `bytes` took (only small ones: their time is the
+    /// link's round trip, not its rate).
+    fn timed_get(&self, bytes: usize, took: Duration) {
+        if bytes > SMALL_GET {
+            return;
+        }
+        let us = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        let avg = &self.inner.counters.small_get_micros;
+        let old = avg.load(Ordering::Relaxed);
+        // Weight 1/8 to the new sample; the first sample is taken as is.
+        let new = if old == 0 { us.max(1) } else { (old * 7 + us) / 8 };
+        avg.store(new, Ordering::Relaxed);
+    }
+
+    /// What a small GET has taken lately (`None` before the first).
+    pub fn round_trip(&self) -> Option<Duration> {
+        match self.inner.counters.small_get_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
     fn counted_put(&self, bytes: u64) {
         self.inner.counters.puts.fetch_add(1, Ordering::Relaxed);
         self.inner.counters.put_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -354,6 +381,7 @@ impl Remote {
         async move {
             let want = range.end - range.start;
             let backend = this.inner.backend.clone();
+            let t = Instant::now();
             let b = this
                 .call(&key, this.data_deadline(want), || async {
                     match backend.get(&key, Some(range.clone())).await? {
@@ -365,6 +393,7 @@ impl Remote {
                     }
                 })
                 .await?;
+            this.timed_get(b.len(), t.elapsed());
             this.counted_get(b.len());
             Ok(b)
         }

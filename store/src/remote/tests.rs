@@ -76,6 +76,8 @@ fn pushed(mem: &Arc<MemoryStore>) -> (tempfile::TempDir, crate::Digest) {
 fn a_lazy_host_fetches_metadata_then_only_the_chunks_it_reads_with_readahead() {
     let mem = Arc::new(MemoryStore::new());
     let (src, d) = pushed(&mem);
+    // A far link (a round trip costs more than a MiB): neighbours are worth reading.
+    mem.faults(|f| f.latency = Duration::from_millis(5));
     let b = host(&mem, None);
     let r = b.store.resolve(&d.to_hex()).unwrap();
     assert!(r.remote && r.tree == d);
@@ -652,6 +654,7 @@ fn a_small_root_is_fetched_whole_in_the_background_on_first_lookup() {
 fn a_forged_neighbour_is_never_kept_or_served() {
     let mem = Arc::new(MemoryStore::new());
     let (src, d) = pushed(&mem);
+    mem.faults(|f| f.latency = Duration::from_millis(5));
     let b = host(&mem, None);
     b.store.resolve(&d.to_hex()).unwrap();
     // Damage small/f5's bytes in its S3 pack: it is a neighbour of f3.
@@ -691,4 +694,55 @@ fn small_files_read_one_by_one_on_the_async_path_cost_a_few_gets() {
     }
     let gets = store.remote().unwrap().traffic().gets - g0;
     assert!(gets <= 4, "{gets} GETs for 30 small files");
+}
+
+#[test]
+fn a_large_file_read_in_many_places_is_fetched_whole_in_the_background() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    mem.faults(|f| f.latency = Duration::from_millis(5));
+    let store = Arc::new(host(&mem, None).store);
+    store.resolve(&d.to_hex()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let EntryKind::File { digest, .. } = store.lookup(&d, "big/a.bin").unwrap().kind else { panic!() };
+    let f = store.file(&digest).unwrap();
+    let want = pseudo_random(12 << 20, 1);
+    // Three reads far apart, as a loader faulting through a library: the third has the rest of
+    // the file come in the background.
+    for off in [11 << 20, 0, 6 << 20] {
+        let got = rt.block_on(store.read_async(f.clone(), off, 100)).unwrap();
+        assert!(got[..] == want[off as usize..off as usize + 100]);
+    }
+    assert_eq!(store.read.whole_files.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let t = Instant::now();
+    while store.cache_stats().fetched_bytes < 12 << 20 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the rest never came: {:?}", store.cache_stats());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    mem.faults(|f| f.outage = true);
+    let all = rt.block_on(store.read_async(f.clone(), 0, 12 << 20)).unwrap();
+    assert!(all[..] == want[..]);
+}
+
+#[test]
+fn over_a_near_link_a_read_fetches_only_what_it_reads() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let b = host(&mem, None);
+    b.store.resolve(&d.to_hex()).unwrap();
+    // The first read does not know the link yet (it reads neighbours); once a GET has been
+    // timed fast, reads take only their own chunks.
+    file_bytes(&b.store, &d, "small/f3").unwrap();
+    let t0 = b.store.remote().unwrap().traffic();
+    assert!(b.store.remote().unwrap().round_trip().unwrap() < Duration::from_millis(4));
+    let EntryKind::File { digest, .. } = b.store.lookup(&d, "big/b.bin").unwrap().kind else { panic!() };
+    let f = b.store.file(&digest).unwrap();
+    for off in [8 << 20, 0, 4 << 20, 2 << 20] {
+        b.store.read(&f, off, 10).unwrap();
+    }
+    let t1 = b.store.remote().unwrap().traffic();
+    // Windows only: neither the rest of the file nor neighbours.
+    assert!(t1.get_bytes - t0.get_bytes <= 4 * lazy::WINDOW_MIN + (4 << 20), "{t1:?}");
+    assert_eq!(b.store.read.whole_files.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(file_bytes(&b.store, &d, "small/f29").unwrap(), std::fs::read(src.path().join("small/f29")).unwrap());
 }
