@@ -120,7 +120,7 @@ pub struct Counters {
     pub puts: AtomicU64,
     pub put_bytes: AtomicU64,
     pub errors: AtomicU64,
-    /// A moving average of the time small GETs take, in microseconds (0: none seen yet).
+    /// What small GETs take, in microseconds, tracking the fastest lately (0: none seen yet).
     pub small_get_micros: AtomicU64,
 }
 
@@ -320,8 +320,10 @@ impl Remote {
         let us = took.as_micros().min(u128::from(u32::MAX)) as u64;
         let avg = &self.inner.counters.small_get_micros;
         let old = avg.load(Ordering::Relaxed);
-        // Weight 1/8 to the new sample; the first sample is taken as is.
-        let new = if old == 0 { us.max(1) } else { (old * 7 + us) / 8 };
+        // The link's own round trip, not the queueing of a busy moment (many readers at once
+        // on a near server made it look far): a faster sample is taken at once, a slower one
+        // moves the estimate by 1/32.
+        let new = if old == 0 || us < old { us.max(1) } else { (old * 31 + us) / 32 };
         avg.store(new, Ordering::Relaxed);
     }
 
