@@ -412,16 +412,29 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::launch`] for a thread that may block: sends every GET at once, then checks and
-    /// keeps each piece as it comes, in order, and returns when all have landed.
+    /// [`Store::launch`] for a thread that may block: sends the GETs, [`BACKGROUND_GETS`] at a
+    /// time (what is in memory stays bounded however large the plan), checks and keeps each
+    /// piece in order, and returns when all have landed.
     pub(crate) fn send_and_wait(&self, pieces: Vec<Piece>) -> Result<()> {
         let remote = self.remote_or_err()?;
-        let gets: Vec<_> = pieces.iter().map(|p| remote.handle().spawn(get_piece(remote, p))).collect();
-        for (p, get) in pieces.into_iter().zip(gets) {
-            let got = remote.wait(get).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            self.land(p, got);
+        let mut sent = std::collections::VecDeque::new();
+        for p in pieces {
+            if sent.len() == BACKGROUND_GETS {
+                let (p, get) = sent.pop_front().expect("full");
+                self.land_when(remote, p, get);
+            }
+            let get = remote.handle().spawn(get_piece(remote, &p));
+            sent.push_back((p, get));
+        }
+        for (p, get) in sent {
+            self.land_when(remote, p, get);
         }
         Ok(())
+    }
+
+    fn land_when(&self, remote: &crate::remote::Remote, p: Piece, get: tokio::task::JoinHandle<Result<Bytes>>) {
+        let got = remote.wait(get).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.land(p, got);
     }
 
     /// A piece's GET finished: checks its chunks, hands them to their readers, keeps them,
