@@ -383,12 +383,25 @@ fn generate_key(env: &Env, name: &str) -> (std::path::PathBuf, String) {
     (secret, public)
 }
 
+/// A host under `prefix` that signs its pushes with a new key `builder`; and the key's public half.
+fn signing_host(s3: &S3Server, prefix: &str) -> (Env, String) {
+    let mut env = host(s3, prefix, None);
+    let (secret, public) = generate_key(&env, "builder");
+    env.vars.push(("VORPALFS_SIGNING_KEY".into(), secret.to_str().unwrap().into()));
+    (env, public)
+}
+
+/// A host under `prefix` that takes only what `public` signed.
+fn trusting_host(s3: &S3Server, prefix: &str, public: &str) -> Env {
+    let mut env = host(s3, prefix, None);
+    env.vars.push(("VORPALFS_TRUSTED_KEYS".into(), public.into()));
+    env
+}
+
 #[test]
 fn a_root_object_overwritten_in_the_bucket_is_refused_by_a_host_that_trusts_keys() {
     let s3 = S3Server::start();
-    let mut a = host(&s3, "signed", None);
-    let (secret, public) = generate_key(&a, "builder");
-    a.vars.push(("VORPALFS_SIGNING_KEY".into(), secret.to_str().unwrap().into()));
+    let (a, public) = signing_host(&s3, "signed");
     let (sa, sb) = (a.path("a"), a.path("b"));
     write(&sa.join("f"), b"this is A\n");
     write(&sb.join("f"), b"this is B\n");
@@ -396,8 +409,7 @@ fn a_root_object_overwritten_in_the_bucket_is_refused_by_a_host_that_trusts_keys
     a.run(["store", "add", sb.to_str().unwrap(), "--name", "B"]).ok();
     assert!(a.run(["push", "A", "B"]).stderr.contains("signed by builder"));
 
-    let mut c = host(&s3, "signed", None);
-    c.vars.push(("VORPALFS_TRUSTED_KEYS".into(), public.clone()));
+    let c = trusting_host(&s3, "signed", &public);
     assert_eq!(c.run(["store", "cat", "A/f"]).ok(), "this is A\n");
     let ls = c.run(["store", "ls"]);
     assert!(ls.ok().contains("A  (signed by builder)"), "{}", ls.stdout);
@@ -408,8 +420,7 @@ fn a_root_object_overwritten_in_the_bucket_is_refused_by_a_host_that_trusts_keys
     let b_obj = s3.get("signed/roots/B");
     s3.put("signed/roots/A", &b_obj);
     s3.put(&format!("signed/roots/{da}"), &b_obj);
-    let mut d = host(&s3, "signed", None);
-    d.vars.push(("VORPALFS_TRUSTED_KEYS".into(), public.clone()));
+    let d = trusting_host(&s3, "signed", &public);
     d.run(["store", "cat", "A/f"]).fails_with(&["roots/A", "no accepted signature", "trusted keys: builder"]);
     let m = d.mount();
     let err = fs::metadata(m.path(&da)).unwrap_err();
@@ -426,9 +437,7 @@ fn a_root_object_overwritten_in_the_bucket_is_refused_by_a_host_that_trusts_keys
 #[test]
 fn a_result_planted_in_the_bucket_is_rebuilt_by_a_host_that_trusts_keys() {
     let s3 = S3Server::start();
-    let mut a = host(&s3, "planted", None);
-    let (secret, public) = generate_key(&a, "builder");
-    a.vars.push(("VORPALFS_SIGNING_KEY".into(), secret.to_str().unwrap().into()));
+    let (a, public) = signing_host(&s3, "planted");
     let proj = a.path("proj");
     write(
         &proj.join("vorpalfs.toml"),
@@ -467,8 +476,7 @@ fn a_result_planted_in_the_bucket_is_rebuilt_by_a_host_that_trusts_keys() {
     let re = build(&e, &me);
     assert_eq!(re["artifacts"][0]["status"], "cached", "{re}");
     assert_eq!(fs::read_to_string(me.path(&input).join("x")).unwrap(), "planted\n");
-    let mut c = host(&s3, "planted", None);
-    c.vars.push(("VORPALFS_TRUSTED_KEYS".into(), public));
+    let c = trusting_host(&s3, "planted", &public);
     let mc = c.mount();
     let rc = build(&c, &mc);
     let art = &rc["artifacts"][0];

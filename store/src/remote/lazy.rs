@@ -327,15 +327,15 @@ impl Store {
                     crate::EntryKind::Dir { digest, .. } => stack.push(*digest),
                     crate::EntryKind::File { digest, .. } if seen.insert(*digest) => {
                         for c in &self.file(digest)?.chunks {
-                            if !seen.insert(c.id) || self.chunks.contains(&c.id) || self.index.has_chunk(&c.id)? {
+                            if !seen.insert(c.id) {
                                 continue;
                             }
-                            let Some(p) = self.index.remote_place(&c.id)? else { continue };
-                            total += u64::from(p.loc.stored_len) + RECORD_HEADER;
+                            let Some(loc) = self.to_fetch(&c.id)? else { continue };
+                            total += u64::from(loc.stored_len) + RECORD_HEADER;
                             if total > budget {
                                 return Ok(Vec::new());
                             }
-                            by_pack.entry(p.loc.pack).or_default().push((c.id, p.loc));
+                            by_pack.entry(loc.pack).or_default().push((c.id, loc));
                         }
                     }
                     _ => {}
@@ -383,14 +383,21 @@ impl Store {
         let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for c in &file.chunks {
-            if !seen.insert(c.id) || self.chunks.contains(&c.id) || self.index.has_chunk(&c.id)? {
-                continue;
-            }
-            if let Some(p) = self.index.remote_place(&c.id)? {
-                by_pack.entry(p.loc.pack).or_default().push((c.id, p.loc));
+            if seen.insert(c.id)
+                && let Some(loc) = self.to_fetch(&c.id)?
+            {
+                by_pack.entry(loc.pack).or_default().push((c.id, loc));
             }
         }
         Ok(self.background_pieces(by_pack))
+    }
+
+    /// Where to fetch chunk `id` from, unless it is in memory or here (or S3 has no place).
+    fn to_fetch(&self, id: &Digest) -> Result<Option<RemoteLocator>> {
+        if self.chunks.contains(id) || self.index.has_chunk(id)? {
+            return Ok(None);
+        }
+        Ok(self.index.remote_place(id)?.map(|p| p.loc))
     }
 
     /// Sends the pieces' GETs on the I/O runtime; each piece's chunks are checked and kept as

@@ -54,9 +54,19 @@ fn tree(src: &Path) {
     }
 }
 
-fn file_bytes(store: &Store, root: &crate::Digest, path: &str) -> crate::Result<Vec<u8>> {
+/// The file record at `path` of tree `root`.
+fn record(store: &Store, root: &crate::Digest, path: &str) -> crate::Result<Arc<crate::FileRecord>> {
     let EntryKind::File { digest, .. } = store.lookup(root, path)?.kind else { panic!("{path} is not a file") };
-    let f = store.file(&digest)?;
+    store.file(&digest)
+}
+
+/// A runtime for the async read path.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn file_bytes(store: &Store, root: &crate::Digest, path: &str) -> crate::Result<Vec<u8>> {
+    let f = record(store, root, path)?;
     Ok(store.read(&f, 0, f.size as usize)?.to_vec())
 }
 
@@ -99,8 +109,7 @@ fn a_lazy_host_fetches_metadata_then_only_the_chunks_it_reads_with_readahead() {
     assert!(t1.gets - t0.gets <= 4, "{} GETs for 30 small files", t1.gets - t0.gets);
     // A 12 MiB file read start to end: readahead brings the following chunks in parallel GETs,
     // each chunk once.
-    let EntryKind::File { digest, .. } = b.store.lookup(&d, "big/a.bin").unwrap().kind else { panic!() };
-    let f = b.store.file(&digest).unwrap();
+    let f = record(&b.store, &d, "big/a.bin").unwrap();
     let mut got = Vec::new();
     for off in (0..f.size).step_by(128 << 10) {
         got.extend_from_slice(&b.store.read(&f, off, 128 << 10).unwrap());
@@ -122,10 +131,9 @@ fn the_async_read_path_fetches_once_for_many_readers() {
     let b = host(&mem, None);
     let store = Arc::new(b.store);
     store.resolve(&d.to_hex()).unwrap();
-    let EntryKind::File { digest, .. } = store.lookup(&d, "big/b.bin").unwrap().kind else { panic!() };
-    let f = store.file(&digest).unwrap();
+    let f = record(&store, &d, "big/b.bin").unwrap();
     let before = store.remote().unwrap().traffic().gets;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = runtime();
     let reads: Vec<_> = (0..8).map(|_| rt.spawn(store.read_async(f.clone(), 0, 4096))).collect();
     for r in reads {
         assert!(rt.block_on(r).unwrap().unwrap()[..] == pseudo_random(4096, 2)[..]);
@@ -205,8 +213,7 @@ fn errors_are_retried_an_outage_fails_fast_and_recovery_is_seen() {
     // (Reads deep in the big files: the small files came with f1, as its neighbours.)
     mem.faults(|f| f.outage = true);
     let deep = |path: &str| {
-        let EntryKind::File { digest, .. } = b.store.lookup(&d, path).unwrap().kind else { panic!() };
-        let f = b.store.file(&digest).unwrap();
+        let f = record(&b.store, &d, path).unwrap();
         b.store.read(&f, f.size - 10, 10).map(|b| b.to_vec())
     };
     assert!(deep("big/a.bin").is_err());
@@ -608,11 +615,10 @@ fn a_demand_read_does_not_wait_behind_background_fetches() {
     mem.faults(|f| f.latency = latency);
     let store = Arc::new(host(&mem, None).store);
     store.resolve(&d.to_hex()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = runtime();
     // Every background permit taken: readahead, neighbours and prefetch wait in line.
     let held = rt.block_on(store.read.background.clone().acquire_many_owned(lazy::BACKGROUND_GETS as u32)).unwrap();
-    let EntryKind::File { digest, .. } = store.lookup(&d, "big/b.bin").unwrap().kind else { panic!() };
-    let f = store.file(&digest).unwrap();
+    let f = record(&store, &d, "big/b.bin").unwrap();
     let t = Instant::now();
     let got = rt.block_on(store.read_async(f.clone(), 5 << 20, 4096)).unwrap();
     assert!(got[..] == pseudo_random(9 << 20, 2)[5 << 20..(5 << 20) + 4096]);
@@ -629,7 +635,7 @@ fn a_demand_read_does_not_wait_behind_background_fetches() {
 fn a_small_root_is_fetched_whole_in_the_background_on_first_lookup() {
     let mem = Arc::new(MemoryStore::new());
     let (src, d) = pushed(&mem);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = runtime();
     let store = Arc::new(host(&mem, None).store);
     rt.block_on(store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
     let t = Instant::now();
@@ -658,8 +664,7 @@ fn a_forged_neighbour_is_never_kept_or_served() {
     let b = host(&mem, None);
     b.store.resolve(&d.to_hex()).unwrap();
     // Damage small/f5's bytes in its S3 pack: it is a neighbour of f3.
-    let EntryKind::File { digest, .. } = b.store.lookup(&d, "small/f5").unwrap().kind else { panic!() };
-    let id = b.store.file(&digest).unwrap().chunks[0].id;
+    let id = record(&b.store, &d, "small/f5").unwrap().chunks[0].id;
     let place = b.store.remote_place(&id).unwrap().unwrap().loc;
     let key = format::pack_key(&place.pack);
     let mut pack = mem.object(&key).unwrap().to_vec();
@@ -681,14 +686,13 @@ fn small_files_read_one_by_one_on_the_async_path_cost_a_few_gets() {
     mem.faults(|f| f.latency = Duration::from_millis(20));
     let store = Arc::new(host(&mem, None).store);
     store.resolve(&d.to_hex()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = runtime();
     let g0 = store.remote().unwrap().traffic().gets;
     // As a program reads them: one after another, each as soon as the last is read (the
     // neighbours of the first may still be in flight: the next read waits for them).
     for i in 0..30 {
         let p = format!("small/f{i}");
-        let EntryKind::File { digest, .. } = store.lookup(&d, &p).unwrap().kind else { panic!() };
-        let f = store.file(&digest).unwrap();
+        let f = record(&store, &d, &p).unwrap();
         let got = rt.block_on(store.read_async(f.clone(), 0, f.size as usize)).unwrap();
         assert!(got[..] == std::fs::read(src.path().join(&p)).unwrap()[..], "{p}");
     }
@@ -703,9 +707,8 @@ fn a_large_file_read_in_many_places_is_fetched_whole_in_the_background() {
     mem.faults(|f| f.latency = Duration::from_millis(5));
     let store = Arc::new(host(&mem, None).store);
     store.resolve(&d.to_hex()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let EntryKind::File { digest, .. } = store.lookup(&d, "big/a.bin").unwrap().kind else { panic!() };
-    let f = store.file(&digest).unwrap();
+    let rt = runtime();
+    let f = record(&store, &d, "big/a.bin").unwrap();
     let want = pseudo_random(12 << 20, 1);
     // Three reads far apart, as a loader faulting through a library: the third has the rest of
     // the file come in the background.
@@ -735,8 +738,7 @@ fn over_a_near_link_a_read_fetches_only_what_it_reads() {
     file_bytes(&b.store, &d, "small/f3").unwrap();
     let t0 = b.store.remote().unwrap().traffic();
     assert!(b.store.remote().unwrap().round_trip().unwrap() < Duration::from_millis(4));
-    let EntryKind::File { digest, .. } = b.store.lookup(&d, "big/b.bin").unwrap().kind else { panic!() };
-    let f = b.store.file(&digest).unwrap();
+    let f = record(&b.store, &d, "big/b.bin").unwrap();
     for off in [8 << 20, 0, 4 << 20, 2 << 20] {
         b.store.read(&f, off, 10).unwrap();
     }
