@@ -327,6 +327,13 @@ impl Store {
         Ok(FileReader { store: self, file: self.file(digest)?, pos: 0 })
     }
 
+    /// Waits (at most `timeout`) until the background GETs already started (readahead,
+    /// neighbours, prefetch) have landed or failed; whether they all have. A daemon calls it
+    /// before closing the store, so that no task is left writing to it.
+    pub fn settle(&self, timeout: std::time::Duration) -> bool {
+        self.read.pending.wait(timeout)
+    }
+
     /// Cache counters and sizes, for `vorpalfs status`.
     pub fn cache_stats(&self) -> CacheStats {
         CacheStats {

@@ -122,6 +122,11 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
     let _ = std::fs::remove_file(&sock);
     daemon.builder.close();
     mounted.unmount().context("unmount failed")?;
+    // Fetches already sent land (or fail) before the store closes; a slow link cannot hold
+    // the exit longer than this.
+    if !daemon.store.settle(std::time::Duration::from_secs(10)) {
+        tracing::warn!("background fetches still in flight at exit; their chunks are fetched again next time");
+    }
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     tracing::info!("unmounted");
     Ok(())

@@ -109,6 +109,43 @@ pub(crate) struct ReadState {
     pub prefetched_gets: AtomicU64,
     /// Large files read in many places whose rest was fetched in the background.
     pub whole_files: AtomicU64,
+    /// Background work started and not yet landed (see [`crate::Store::settle`]).
+    pub pending: Pending,
+}
+
+/// A count of background tasks in flight, and a way to wait until there are none.
+#[derive(Default)]
+pub(crate) struct Pending {
+    n: Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+/// Held by one background task; dropping it (however the task ends) counts it done.
+pub(crate) struct Task(Arc<crate::Store>);
+
+impl Pending {
+    pub fn start(store: &Arc<crate::Store>) -> Task {
+        *store.read.pending.n.lock().unwrap() += 1;
+        Task(store.clone())
+    }
+
+    /// Waits until no task is in flight or `timeout` passed; whether none is.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let n = self.n.lock().unwrap();
+        let (n, _) = self.idle.wait_timeout_while(n, timeout, |n| *n > 0).unwrap();
+        *n == 0
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        let p = &self.0.read.pending;
+        let mut n = p.n.lock().unwrap();
+        *n -= 1;
+        if *n == 0 {
+            p.idle.notify_all();
+        }
+    }
 }
 
 impl Default for ReadState {
@@ -124,6 +161,7 @@ impl Default for ReadState {
             fetched_bytes: AtomicU64::new(0),
             prefetched_gets: AtomicU64::new(0),
             whole_files: AtomicU64::new(0),
+            pending: Pending::default(),
         }
     }
 }

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::error::{Error, RemoteError, Result};
+use crate::local::cache::Pending;
 use crate::local::index::Place;
 use crate::local::pack::{RECORD_HEADER, decode_chunk, records_in};
 use crate::model::digest::Digest;
@@ -288,7 +289,9 @@ impl Store {
     pub(crate) fn prefetch_small_root(self: &Arc<Self>, tree: Digest) {
         let Some(remote) = self.remote.as_ref() else { return };
         let store = self.clone();
+        let task = Pending::start(self);
         remote.handle().spawn_blocking(move || {
+            let _task = task;
             let pieces = match store.plan_prefetch(&tree) {
                 Ok(p) => p,
                 Err(e) => return tracing::debug!(tree = %tree, "no prefetch: {e}"),
@@ -407,7 +410,9 @@ impl Store {
         for p in pieces {
             let (store, remote) = (self.clone(), remote.clone());
             let background = self.read.background.clone();
+            let task = Pending::start(self);
             remote.clone().handle().spawn(async move {
+                let _task = task;
                 let _permit = match p.demand {
                     true => None,
                     false => background.acquire_owned().await.ok(),

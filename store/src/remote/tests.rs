@@ -25,7 +25,15 @@ fn policy() -> Policy {
 
 struct Host {
     _dir: tempfile::TempDir,
-    store: Store,
+    store: Arc<Store>,
+}
+
+/// No background task outlives its host: one still writing when the test process exits would
+/// race RocksDB's teardown (and a removed directory).
+impl Drop for Host {
+    fn drop(&mut self) {
+        assert!(self.store.settle(Duration::from_secs(30)), "background fetches never landed");
+    }
 }
 
 fn host(mem: &Arc<MemoryStore>, cache: Option<u64>) -> Host {
@@ -37,7 +45,7 @@ fn host(mem: &Arc<MemoryStore>, cache: Option<u64>) -> Host {
         ..Default::default()
     };
     let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
-    Host { _dir: dir, store }
+    Host { _dir: dir, store: Arc::new(store) }
 }
 
 fn write(path: &Path, data: &[u8]) {
@@ -129,7 +137,7 @@ fn the_async_read_path_fetches_once_for_many_readers() {
     let (_src, d) = pushed(&mem);
     mem.faults(|f| f.latency = Duration::from_millis(50));
     let b = host(&mem, None);
-    let store = Arc::new(b.store);
+    let store = b.store.clone();
     store.resolve(&d.to_hex()).unwrap();
     let f = record(&store, &d, "big/b.bin").unwrap();
     let before = store.remote().unwrap().traffic().gets;
@@ -417,7 +425,7 @@ fn trusting(mem: &Arc<MemoryStore>, signer: Option<&Arc<SecretKey>>, trusted: &[
     };
     let opts = Options { remote: Some(Backend::Object(mem.clone())), policy: policy(), trust, ..Default::default() };
     let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
-    Host { _dir: dir, store }
+    Host { _dir: dir, store: Arc::new(store) }
 }
 
 /// A small tree whose content depends on `seed`.
@@ -613,7 +621,8 @@ fn a_demand_read_does_not_wait_behind_background_fetches() {
     let (_src, d) = pushed(&mem);
     let latency = Duration::from_millis(200);
     mem.faults(|f| f.latency = latency);
-    let store = Arc::new(host(&mem, None).store);
+    let h1 = host(&mem, None);
+    let store = h1.store.clone();
     store.resolve(&d.to_hex()).unwrap();
     let rt = runtime();
     // Every background permit taken: readahead, neighbours and prefetch wait in line.
@@ -636,7 +645,8 @@ fn a_small_root_is_fetched_whole_in_the_background_on_first_lookup() {
     let mem = Arc::new(MemoryStore::new());
     let (src, d) = pushed(&mem);
     let rt = runtime();
-    let store = Arc::new(host(&mem, None).store);
+    let h2 = host(&mem, None);
+    let store = h2.store.clone();
     rt.block_on(store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
     let t = Instant::now();
     while store.cache_stats().fetched_bytes < 21 << 20 {
@@ -650,7 +660,8 @@ fn a_small_root_is_fetched_whole_in_the_background_on_first_lookup() {
     same_bytes(&store, &d, src.path());
     // Larger than half the cache budget: not prefetched.
     mem.faults(|f| f.outage = false);
-    let small = Arc::new(host(&mem, Some(16 << 20)).store);
+    let h3 = host(&mem, Some(16 << 20));
+    let small = h3.store.clone();
     rt.block_on(small.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(small.cache_stats().fetched_bytes, 0);
@@ -684,7 +695,8 @@ fn small_files_read_one_by_one_on_the_async_path_cost_a_few_gets() {
     let mem = Arc::new(MemoryStore::new());
     let (src, d) = pushed(&mem);
     mem.faults(|f| f.latency = Duration::from_millis(20));
-    let store = Arc::new(host(&mem, None).store);
+    let h4 = host(&mem, None);
+    let store = h4.store.clone();
     store.resolve(&d.to_hex()).unwrap();
     let rt = runtime();
     let g0 = store.remote().unwrap().traffic().gets;
@@ -705,7 +717,8 @@ fn a_large_file_read_in_many_places_is_fetched_whole_in_the_background() {
     let mem = Arc::new(MemoryStore::new());
     let (_src, d) = pushed(&mem);
     mem.faults(|f| f.latency = Duration::from_millis(5));
-    let store = Arc::new(host(&mem, None).store);
+    let h5 = host(&mem, None);
+    let store = h5.store.clone();
     store.resolve(&d.to_hex()).unwrap();
     let rt = runtime();
     let f = record(&store, &d, "big/a.bin").unwrap();
