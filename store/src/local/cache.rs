@@ -120,8 +120,16 @@ pub(crate) struct Pending {
     idle: std::sync::Condvar,
 }
 
-/// Held by one background task; dropping it (however the task ends) counts it done.
+/// Held by one background task, which reaches the store through it; dropping it (however the
+/// task ends) counts the task done.
 pub(crate) struct Task(Arc<crate::Store>);
+
+impl std::ops::Deref for Task {
+    type Target = Arc<crate::Store>;
+    fn deref(&self) -> &Arc<crate::Store> {
+        &self.0
+    }
+}
 
 impl Pending {
     pub fn start(store: &Arc<crate::Store>) -> Task {

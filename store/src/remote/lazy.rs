@@ -288,10 +288,8 @@ impl Store {
     /// pool, then sends coalesced pieces as background GETs. Returns at once.
     pub(crate) fn prefetch_small_root(self: &Arc<Self>, tree: Digest) {
         let Some(remote) = self.remote.as_ref() else { return };
-        let store = self.clone();
-        let task = Pending::start(self);
+        let store = Pending::start(self);
         remote.handle().spawn_blocking(move || {
-            let _task = task;
             let pieces = match store.plan_prefetch(&tree) {
                 Ok(p) => p,
                 Err(e) => return tracing::debug!(tree = %tree, "no prefetch: {e}"),
@@ -408,11 +406,9 @@ impl Store {
     pub(crate) fn launch(self: &Arc<Self>, pieces: Vec<Piece>) -> Result<()> {
         let remote = self.remote_or_err()?.clone();
         for p in pieces {
-            let (store, remote) = (self.clone(), remote.clone());
+            let (store, remote) = (Pending::start(self), remote.clone());
             let background = self.read.background.clone();
-            let task = Pending::start(self);
             remote.clone().handle().spawn(async move {
-                let _task = task;
                 let _permit = match p.demand {
                     true => None,
                     false => background.acquire_owned().await.ok(),
