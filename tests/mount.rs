@@ -387,3 +387,65 @@ fn vorpalfs_fs_mounted(dir: &Path) -> bool {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines().any(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
 }
+
+#[test]
+fn a_directory_of_thirty_thousand_entries_lists_whole_with_any_buffer_size() {
+    let env = Env::new();
+    let src = env.path("src");
+    let big = src.join("big");
+    fs::create_dir_all(&big).unwrap();
+    for i in 0..30_000 {
+        fs::write(big.join(format!("f{i:05}")), b"").unwrap();
+    }
+    let digest = env.add(&src);
+    let m = env.mount();
+    let dir = m.path(&digest).join("big");
+    let list_dir = env!("CARGO_BIN_EXE_vorpalfs-list-dir");
+    // 32 bytes hold one entry per getdents call: 30,002 resumed requests, each answered at its
+    // offset (this ran for minutes when every request rebuilt the listing up to the offset).
+    for buf in ["32", "4096", "65536"] {
+        sh("echo 3 > /proc/sys/vm/drop_caches");
+        let n = sh(&format!("{list_dir} '{}' {buf}", dir.display()));
+        assert_eq!(n.trim(), "30002", "entries listed with a {buf}-byte buffer");
+    }
+    // Names exactly the source's, none twice; and ls -l (readdirplus) agrees.
+    let names = |d: &Path| sh(&format!("ls -f '{}' | sort", d.display()));
+    assert_eq!(names(&dir), names(&big));
+    let long = sh(&format!("ls -l '{}' | grep -c '^-r--r--r--'", dir.display()));
+    assert_eq!(long.trim(), "30000");
+}
+
+#[test]
+fn a_name_longer_than_255_bytes_is_enametoolong_and_ioctls_are_enotty_quietly() {
+    let env = Env::new();
+    let src = env.path("src");
+    write(&src.join("f"), b"data");
+    let digest = env.add(&src);
+    let m = env.mount();
+    let long = "x".repeat(300);
+    let e = fs::metadata(m.path(&digest).join(&long)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
+    let e = fs::metadata(m.dir.join(&long)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}");
+    // 255 bytes is a valid name, just not there.
+    let e = fs::metadata(m.path(&digest).join("y".repeat(255))).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+
+    // FS_IOC_GETFLAGS (what lsattr and cp probe with): no such ioctl, and nothing logged.
+    let f = fs::File::open(m.path(&digest).join("f")).unwrap();
+    let mut flags: libc::c_long = 0;
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    use std::os::unix::io::AsRawFd;
+    for _ in 0..3 {
+        // SAFETY: a valid descriptor and a pointer to a long, as the ioctl expects.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) };
+        assert_eq!(rc, -1);
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        assert!(matches!(errno, Some(libc::ENOTTY) | Some(libc::ENOSYS)), "{errno:?}");
+    }
+    assert!(!m.log().contains("Not Implemented"), "{}", m.log());
+    // The mount names itself (the kernel shows type "fuse" or "fuse.vorpalfs" by mount path).
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info.lines().find(|l| l.split(' ').nth(4) == Some(m.dir.to_str().unwrap())).unwrap();
+    assert!(line.contains(" vorpalfs "), "{line}");
+}

@@ -114,6 +114,36 @@ fn a_corrupted_object_gives_eio_never_wrong_bytes() {
 }
 
 #[test]
+fn repair_fetches_a_chunk_damaged_here_again_from_s3() {
+    let s3 = S3Server::start();
+    let a = host(&s3, "repair", None);
+    let src = a.path("src");
+    let data = random_bytes(3 << 20, 11);
+    write(&src.join("one.bin"), &data);
+    let digest = a.add(&src);
+    a.run(["push", &digest]).ok();
+    // Each ingest worker writes its own pack; damage the largest.
+    let pack = fs::read_dir(a.store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let n = bytes.len();
+    bytes[n - 1000] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    let v = a.run(["store", "verify"]);
+    assert!(!v.status.success() && v.stdout.contains("CORRUPT"), "{}", v.stdout);
+
+    let r = a.run(["store", "repair"]);
+    r.ok();
+    assert!(r.stdout.lines().any(|l| l.starts_with("refetched ")), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("1 fetched again from S3, 0 dropped"), "{}", r.stderr);
+    a.run(["store", "verify"]).ok();
+    assert_eq!(a.run(["store", "cat", &format!("{digest}/one.bin")]).raw_stdout, data);
+}
+
+#[test]
 fn offline_cached_reads_work_uncached_fail_fast_and_recover() {
     let mut s3 = S3Server::start();
     let a = host(&s3, "offline", None);

@@ -161,6 +161,46 @@ fn verify_reports_a_corrupted_chunk_by_digest_and_path_and_reads_refuse_it() {
 }
 
 #[test]
+fn verify_lists_every_root_and_path_using_a_damaged_chunk_and_repair_lets_a_re_add_restore_it() {
+    let env = Env::new();
+    let victim = random_bytes(1 << 20, 9);
+    let (a, b) = (env.path("a"), env.path("b"));
+    write(&a.join("dir/victim.bin"), &victim);
+    write(&a.join("copy/victim.bin"), &victim);
+    write(&b.join("x/y/same.bin"), &victim);
+    let ra = env.add(&a);
+    let rb = env.add(&b);
+    let pack = only_pack(&env.store);
+    let mut bytes = fs::read(&pack).unwrap();
+    let n = bytes.len();
+    bytes[n - 1000] ^= 0x01;
+    fs::write(&pack, &bytes).unwrap();
+
+    let v = env.run(store_args(&["verify"]));
+    assert!(!v.status.success());
+    for use_ in [format!("{ra}/copy/victim.bin"), format!("{ra}/dir/victim.bin"), format!("{rb}/x/y/same.bin")] {
+        assert!(v.stdout.contains(&use_), "{use_} is not listed:\n{}", v.stdout);
+    }
+    assert!(v.stderr.contains("3 problems"), "{}", v.stderr);
+
+    // Before repair, a re-add deduplicates against the damaged chunk and fixes nothing.
+    env.add(&a);
+    assert!(!env.run(store_args(&["verify"])).status.success());
+    let r = env.run(store_args(&["repair"]));
+    r.fails_with(&["dropped", "re-add the sources"]);
+    assert!(r.stdout.lines().any(|l| l.starts_with("dropped ")), "{}", r.stdout);
+    // The chunk is now missing, not silently wrong: reads fail by name until a re-add.
+    env.run(store_args(&["cat", &format!("{rb}/x/y/same.bin")])).fails_with(&["not in the store"]);
+    env.add(&a);
+    env.run(store_args(&["verify"])).ok();
+    assert_eq!(env.run(store_args(&["cat", &format!("{rb}/x/y/same.bin")])).raw_stdout, victim);
+    // Nothing damaged: repair has nothing to do and says so.
+    let r = env.run(store_args(&["repair"]));
+    r.ok();
+    assert!(r.stderr.contains("0 dropped"), "{}", r.stderr);
+}
+
+#[test]
 fn bad_source_paths_are_named() {
     let env = Env::new();
     env.run(store_args(&["add", "/nonexistent/vorpalfs/src"]))
@@ -271,6 +311,42 @@ fn a_full_disk_fails_cleanly_and_leaves_the_store_usable() {
     let out = env.path("out");
     env.run(store_args(&["export", &kept, out.to_str().unwrap()])).ok();
     assert_same_tree(&small, &out);
+}
+
+#[test]
+fn a_store_on_a_full_disk_still_opens_and_reads_and_refuses_writes_by_name() {
+    let env = Env::new();
+    fs::create_dir_all(&env.store).unwrap();
+    sh(&format!("mount -t tmpfs -o size=24m vorpalfs-test '{}'", env.store.display()));
+    let _guard = Tmpfs(env.store.clone());
+    let src = env.path("src");
+    write(&src.join("f"), b"stored before the disk filled");
+    write(&src.join("big"), &random_bytes(3 << 20, 7));
+    let kept = env.add(&src);
+    // Fill the disk to the last byte (dd stops at ENOSPC).
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}/filler", env.store.display()), "bs=1M"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let ls = env.run(store_args(&["ls"]));
+    assert!(ls.ok().contains(&kept), "{ls:?}");
+    let cat = env.run(store_args(&["cat", &format!("{kept}/f")]));
+    assert_eq!(cat.ok(), "stored before the disk filled");
+    env.run(store_args(&["verify"])).ok();
+    let out = env.path("out");
+    env.run(store_args(&["export", &kept, out.to_str().unwrap()])).ok();
+    assert_same_tree(&src, &out);
+    let more = env.path("more");
+    write(&more.join("g"), b"new");
+    env.run(store_args(&["add", more.to_str().unwrap()])).fails_with(&[
+        "disk is full",
+        env.store.to_str().unwrap(),
+        "nothing was committed",
+    ]);
+    // Space again: the store opens for writing and takes the add.
+    fs::remove_file(env.store.join("filler")).unwrap();
+    env.add(&more);
+    env.run(store_args(&["verify"])).ok();
 }
 
 #[test]

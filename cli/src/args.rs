@@ -150,6 +150,10 @@ pub enum StoreCommand {
     Export { root: String, dir: PathBuf },
     /// Re-hash everything reachable from the roots; exits non-zero on any damage.
     Verify,
+    /// Verify, then drop what is damaged from the index (a re-add of its source or a pull
+    /// writes it again) and, with S3, fetch damaged chunks again; exits non-zero unless all of
+    /// it was restored.
+    Repair,
     /// Object counts, logical vs stored bytes, dedup ratio.
     Stats,
     /// Remove a root name (its data stays until garbage collection).

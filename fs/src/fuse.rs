@@ -17,7 +17,7 @@ use fuser::{
     LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyXattr, Request,
 };
-use vorpalfs_store::{Digest, Store};
+use vorpalfs_store::{Digest, EntryKind, Store, Tree};
 
 use crate::errno::errno;
 use crate::inodes::{Inodes, Kind, ROOT};
@@ -32,6 +32,8 @@ const REMOTE_LOOKUP_DEADLINE: Duration = Duration::from_secs(10);
 const MTIME: Duration = Duration::from_secs(1);
 /// The extended attribute holding an entry's digest.
 pub const DIGEST_XATTR: &str = "user.vorpalfs.digest";
+/// The longest entry name, as on every Linux filesystem (`statfs` reports it).
+const NAME_MAX: usize = 255;
 
 /// Counters for `vorpalfs status`.
 #[derive(Debug, Default)]
@@ -86,17 +88,55 @@ fn negative_attr() -> FileAttr {
     a
 }
 
-fn file_type(kind: &Kind) -> FileType {
-    match kind {
-        Kind::Root | Kind::Dir { .. } => FileType::Directory,
-        Kind::File { .. } => FileType::RegularFile,
-        Kind::Symlink { .. } => FileType::Symlink,
-    }
-}
-
 /// A top-level name: a digest in hex.
 fn top_level_name(name: &[u8]) -> Option<Digest> {
     std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// What a directory lists (see [`StoreFs::listing`]).
+enum Listing {
+    /// The mount root: `(root name, its tree)` of every stored root.
+    Top(Vec<(Digest, Digest)>),
+    Tree(Arc<Tree>),
+}
+
+impl Listing {
+    fn len(&self) -> u64 {
+        match self {
+            Listing::Top(v) => v.len() as u64,
+            Listing::Tree(t) => t.entries().len() as u64,
+        }
+    }
+
+    /// The name and type of entry `i` (`i < len`), without touching the store.
+    fn name_and_type(&self, i: u64) -> (std::borrow::Cow<'_, [u8]>, FileType) {
+        match self {
+            Listing::Top(v) => (v[i as usize].0.to_hex().into_bytes().into(), FileType::Directory),
+            Listing::Tree(t) => {
+                let e = &t.entries()[i as usize];
+                let ft = match e.kind {
+                    EntryKind::Dir { .. } => FileType::Directory,
+                    EntryKind::File { .. } => FileType::RegularFile,
+                    EntryKind::Symlink { .. } => FileType::Symlink,
+                };
+                (e.name.as_slice().into(), ft)
+            }
+        }
+    }
+
+    /// Entry `i` (`i < len`) as an inode kind.
+    fn entry(&self, i: u64, store: &Store) -> vorpalfs_store::Result<(Vec<u8>, Kind)> {
+        match self {
+            Listing::Top(v) => {
+                let (name, tree) = &v[i as usize];
+                Ok((name.to_hex().into_bytes(), Kind::Dir { digest: *tree, size: store.tree(tree)?.size() }))
+            }
+            Listing::Tree(t) => {
+                let e = &t.entries()[i as usize];
+                Ok((e.name.clone(), Kind::from_entry(&e.kind)))
+            }
+        }
+    }
 }
 
 impl StoreFs {
@@ -127,25 +167,14 @@ impl StoreFs {
         }
     }
 
-    /// The entries of a directory, in order, without `.` and `..`.
-    fn children(&self, kind: &Kind) -> vorpalfs_store::Result<Vec<(Vec<u8>, Kind)>> {
+    /// The entries of a directory, in order, without `.` and `..`: for a stored directory its
+    /// decoded tree itself (shared with the store's cache, never copied), so a listing request
+    /// at any offset costs only the entries it returns.
+    fn listing(&self, kind: &Kind) -> vorpalfs_store::Result<Listing> {
         match kind {
-            Kind::Root => self
-                .store
-                .top_level()?
-                .into_iter()
-                .map(|(name, tree)| {
-                    Ok((name.to_hex().into_bytes(), Kind::Dir { digest: tree, size: self.store.tree(&tree)?.size() }))
-                })
-                .collect(),
-            Kind::Dir { digest, .. } => Ok(self
-                .store
-                .tree(digest)?
-                .entries()
-                .iter()
-                .map(|e| (e.name.clone(), Kind::from_entry(&e.kind)))
-                .collect()),
-            _ => Ok(Vec::new()),
+            Kind::Root => Ok(Listing::Top(self.store.top_level()?)),
+            Kind::Dir { digest, .. } => Ok(Listing::Tree(self.store.tree(digest)?)),
+            _ => Ok(Listing::Top(Vec::new())),
         }
     }
 
@@ -242,6 +271,10 @@ impl Filesystem for StoreFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::trace_span!("fuse.lookup").entered();
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
+        // Longer names exist on no Linux filesystem; the kernel passes up to 1024 bytes here.
+        if name.len() > NAME_MAX {
+            return reply.error(Errno::ENAMETOOLONG);
+        }
         let Some(pk) = self.kind(parent) else {
             return reply.error(Errno::ENOENT);
         };
@@ -359,19 +392,25 @@ impl Filesystem for StoreFs {
         let Some(kind) = self.kind(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        let children = match self.children(&kind) {
-            Ok(c) => c,
+        let listing = match self.listing(&kind) {
+            Ok(l) => l,
             Err(e) => return reply.error(self.fail(u64::from(ino), "readdir", &e)),
         };
         let inodes = self.inodes.lock().unwrap();
         let me = u64::from(ino);
         let parent = inodes.get(me).map_or(ROOT, |n| n.parent);
-        let dots = [(me, FileType::Directory, b".".to_vec()), (parent, FileType::Directory, b"..".to_vec())];
-        let all = dots
-            .into_iter()
-            .chain(children.iter().map(|(name, k)| (inodes.ino_for(me, name), file_type(k), name.clone())));
-        for (i, (child, ft, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, ft, OsStr::from_bytes(&name)) {
+        // Offset i is the i-th entry of `.`, `..`, then the listing: the request starts there
+        // directly, and inode numbers are computed only for the entries it returns.
+        for i in offset..listing.len() + 2 {
+            let full = match i {
+                0 => reply.add(INodeNo(me), 1, FileType::Directory, "."),
+                1 => reply.add(INodeNo(parent), 2, FileType::Directory, ".."),
+                _ => {
+                    let (name, ft) = listing.name_and_type(i - 2);
+                    reply.add(INodeNo(inodes.ino_for(me, &name)), i + 1, ft, OsStr::from_bytes(&name))
+                }
+            };
+            if full {
                 break;
             }
         }
@@ -383,32 +422,38 @@ impl Filesystem for StoreFs {
         let Some(kind) = self.kind(ino) else {
             return reply.error(Errno::ENOENT);
         };
-        let children = match self.children(&kind) {
-            Ok(c) => c,
+        let listing = match self.listing(&kind) {
+            Ok(l) => l,
             Err(e) => return reply.error(self.fail(u64::from(ino), "readdirplus", &e)),
         };
         let mut inodes = self.inodes.lock().unwrap();
         let me = u64::from(ino);
         let parent = inodes.get(me).map_or(ROOT, |n| n.parent);
         let parent_kind = inodes.get(parent).map_or(Kind::Root, |n| n.kind.clone());
-        for i in (offset as usize)..children.len() + 2 {
+        for i in offset..listing.len() + 2 {
             let full = match i {
                 // The kernel takes no reference for `.` and `..`.
                 0 => reply.add(INodeNo(me), 1, ".", &TTL, &attr(me, &kind), Generation(0)),
                 1 => reply.add(INodeNo(parent), 2, "..", &TTL, &attr(parent, &parent_kind), Generation(0)),
                 _ => {
-                    let (name, k) = &children[i - 2];
-                    let child = inodes.ino_for(me, name);
+                    let (name, k) = match listing.entry(i - 2, &self.store) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            drop(inodes);
+                            return reply.error(self.fail(me, "readdirplus", &e));
+                        }
+                    };
+                    let child = inodes.ino_for(me, &name);
                     let full = reply.add(
                         INodeNo(child),
-                        i as u64 + 1,
-                        OsStr::from_bytes(name),
+                        i + 1,
+                        OsStr::from_bytes(&name),
                         &TTL,
-                        &attr(child, k),
+                        &attr(child, &k),
                         Generation(0),
                     );
                     if !full {
-                        inodes.remember(me, name, k.clone());
+                        inodes.remember(me, &name, k);
                     }
                     full
                 }
@@ -423,14 +468,19 @@ impl Filesystem for StoreFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let bytes = self.store.pack_bytes().unwrap_or(0);
-        reply.statfs(bytes.div_ceil(4096), 0, 0, 0, 0, 4096, 255, 4096);
+        reply.statfs(bytes.div_ceil(4096), 0, 0, 0, 0, 4096, NAME_MAX as u32, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = tracing::trace_span!("fuse.getxattr").entered();
+        // `ls -l` asks for `security.selinux` and `system.posix_acl_access` of every entry: the
+        // name is checked first, so those cost the daemon nothing but the reply.
+        if name.as_bytes() != DIGEST_XATTR.as_bytes() {
+            return reply.error(Errno::ENODATA);
+        }
         match self.xattr_value(ino) {
-            Some(v) if name.as_bytes() == DIGEST_XATTR.as_bytes() => reply_xattr(reply, size, v.as_bytes()),
-            _ => reply.error(Errno::ENODATA),
+            Some(v) => reply_xattr(reply, size, v.as_bytes()),
+            None => reply.error(Errno::ENODATA),
         }
     }
 
@@ -441,6 +491,22 @@ impl Filesystem for StoreFs {
             None => String::new(),
         };
         reply_xattr(reply, size, list.as_bytes());
+    }
+
+    /// No ioctls: `ENOTTY`, as for any file that has none (tools probe for some, e.g.
+    /// `FS_IOC_GETFLAGS`, on every file; that is not worth a log line).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

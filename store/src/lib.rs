@@ -44,6 +44,7 @@ pub use model::digest::{Digest, Hasher, Kind};
 pub use model::records::{ChunkRef, Codec, FileRecord};
 pub use model::tree::{Entry, EntryKind, Tree};
 pub use ops::gc::GcReport;
+pub use ops::repair::RepairReport;
 pub use ops::stats::Stats;
 pub use ops::verify::{Problem, VerifyReport};
 pub use read::{CacheStats, FileReader};

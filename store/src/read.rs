@@ -197,7 +197,7 @@ impl Store {
     /// Chunk `i` of `file` from S3, blocking (see `remote/lazy.rs`): waits for the fetch in
     /// flight, or plans one and sends it. `None`: S3 has no place for it. A place that gives
     /// wrong bytes is marked and the next one tried.
-    fn fetch_blocking(&self, file: &FileRecord, i: usize) -> Result<Option<Bytes>> {
+    pub(crate) fn fetch_blocking(&self, file: &FileRecord, i: usize) -> Result<Option<Bytes>> {
         let remote = self.remote_or_err()?;
         let mut failed = None;
         for _ in 0..MAX_TRIES {

@@ -447,7 +447,10 @@ fn lock_store(dir: &Path) -> Result<File> {
         }
         return Err(Error::io(&path, e));
     }
-    f.set_len(0).at(&path)?;
-    writeln!(f, "{}", std::process::id()).at(&path)?;
+    // The pid only helps the message a second process gets: on a full disk it may not fit,
+    // which must not keep the store from opening (read-only) for reading.
+    if let Err(e) = f.set_len(0).and_then(|()| writeln!(f, "{}", std::process::id())) {
+        tracing::debug!(lock = %path.display(), "cannot record our pid: {e}");
+    }
     Ok(f)
 }

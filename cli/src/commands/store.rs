@@ -1,4 +1,4 @@
-//! `vorpalfs store …`: add, ls, cat, export, verify, stats, rm.
+//! `vorpalfs store …`: add, ls, cat, export, verify, repair, stats, rm.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -13,6 +13,28 @@ use crate::args::StoreCommand;
 
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 1.0 } else { a as f64 / b as f64 }
+}
+
+/// Verify's findings: one line per use of a damaged object, and a summary on stderr.
+fn print_verify(ctx: &mut Ctx<'_>, r: &vorpalfs_store::VerifyReport) -> Result<()> {
+    for p in &r.problems {
+        if ctx.settings.json {
+            let v = json!({"root": p.root, "path": p.path, "digest": p.digest.to_hex(), "problem": p.detail});
+            writeln!(ctx.out, "{v}")?;
+        } else {
+            writeln!(ctx.out, "CORRUPT {}  {}/{}: {}", p.digest, p.root, p.path, p.detail)?;
+        }
+    }
+    writeln!(
+        ctx.err,
+        "verified {} roots, {} trees, {} files, {} bytes: {} problems",
+        r.roots,
+        r.trees,
+        r.files,
+        r.bytes,
+        r.problems.len()
+    )?;
+    Ok(())
 }
 
 pub fn run(ctx: &mut Ctx<'_>, cmd: StoreCommand) -> Result<ExitCode> {
@@ -91,24 +113,35 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: StoreCommand) -> Result<ExitCode> {
         }
         StoreCommand::Verify => {
             let r = store.verify()?;
-            for p in &r.problems {
-                if s.json {
-                    let v = json!({"root": p.root, "path": p.path, "digest": p.digest.to_hex(), "problem": p.detail});
-                    writeln!(ctx.out, "{v}")?;
-                } else {
-                    writeln!(ctx.out, "CORRUPT {}  {}/{}: {}", p.digest, p.root, p.path, p.detail)?;
+            print_verify(ctx, &r)?;
+            if !r.problems.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        StoreCommand::Repair => {
+            let r = store.repair()?;
+            print_verify(ctx, &r.verify)?;
+            for (what, list) in [("refetched", &r.refetched), ("dropped", &r.dropped), ("missing", &r.missing)] {
+                for d in list {
+                    if s.json {
+                        writeln!(ctx.out, "{}", json!({"repair": what, "digest": d.to_hex()}))?;
+                    } else {
+                        writeln!(ctx.out, "{what} {d}")?;
+                    }
                 }
             }
             writeln!(
                 ctx.err,
-                "verified {} roots, {} trees, {} files, {} bytes: {} problems",
-                r.roots,
-                r.trees,
-                r.files,
-                r.bytes,
-                r.problems.len()
+                "repair: {} fetched again from S3, {} dropped from the index, {} missing",
+                r.refetched.len(),
+                r.dropped.len(),
+                r.missing.len()
             )?;
-            if !r.problems.is_empty() {
+            if !r.dropped.is_empty() || !r.missing.is_empty() {
+                writeln!(
+                    ctx.err,
+                    "re-add the sources of the roots named above (or pull them from S3) to restore what was dropped or missing"
+                )?;
                 return Ok(ExitCode::FAILURE);
             }
         }

@@ -313,6 +313,7 @@ fn admin_only(r: &Request) -> Option<&'static str> {
         Request::Push(_) => Some("`vorpalfs push`"),
         Request::Gc => Some("`vorpalfs gc`"),
         Request::Store(crate::args::StoreCommand::Rm { .. }) => Some("`vorpalfs store rm`"),
+        Request::Store(crate::args::StoreCommand::Repair) => Some("`vorpalfs store repair`"),
         Request::Shutdown => Some("`vorpalfs umount`"),
         _ => None,
     }

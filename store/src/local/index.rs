@@ -133,6 +133,9 @@ fn remote_key(id: &Digest, pack: &Digest) -> Vec<u8> {
 pub(crate) struct Index {
     db: DB,
     path: PathBuf,
+    /// Opened read-only because the disk was too full to open it for writing: everything
+    /// stored can be read; every commit fails with [`Error::DiskFull`].
+    read_only: bool,
 }
 
 /// A set of writes committed atomically by [`Index::commit`].
@@ -253,14 +256,28 @@ impl Index {
         table.set_bloom_filter(10.0, false);
         table.set_block_cache(&cache);
         table.set_cache_index_and_filter_blocks(true);
-        let cfs = Cf::ALL.iter().map(|cf| {
-            let mut o = Options::default();
-            o.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(cf.name(), o)
-        });
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| Self::err(path, e))?;
-        let index = Index { db, path: path.to_path_buf() };
-        index.fill_root_trees()?;
+        let cfs = || {
+            Cf::ALL.iter().map(|cf| {
+                let mut o = Options::default();
+                o.set_block_based_table_factory(&table);
+                ColumnFamilyDescriptor::new(cf.name(), o)
+            })
+        };
+        let index = match DB::open_cf_descriptors(&opts, path, cfs()).map_err(|e| Self::err(path, e)) {
+            Ok(db) => Index { db, path: path.to_path_buf(), read_only: false },
+            // Opening for writing replays the log into a new table file and preallocates a new
+            // log: on a full disk, that fails. Reading needs neither.
+            Err(Error::DiskFull { .. }) => {
+                let db =
+                    DB::open_cf_descriptors_read_only(&opts, path, cfs(), false).map_err(|e| Self::err(path, e))?;
+                tracing::warn!(index = %path.display(), "the disk is full: the store is open read-only");
+                Index { db, path: path.to_path_buf(), read_only: true }
+            }
+            Err(e) => return Err(e),
+        };
+        if !index.read_only {
+            index.fill_root_trees()?;
+        }
         Ok(index)
     }
 
@@ -492,6 +509,14 @@ impl Index {
     pub fn commit_with(&self, batch: Batch, sync: bool) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if self.read_only {
+            return Err(Error::DiskFull {
+                path: self.path.clone(),
+                source: std::sync::Arc::new(std::io::Error::other(
+                    "the store was opened read-only because its disk was full; free space and reopen it",
+                )),
+            });
         }
         let mut wb = WriteBatch::default();
         for (cf, k, v) in batch.ops {
