@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Parser, Debug)]
 #[command(name = "vorpalfs", version, about, propagate_version = true)]
 pub struct Cli {
+    /// A configuration file read instead of the user's (after the system's
+    /// /etc/vorpalfs/config.toml) [default: $XDG_CONFIG_HOME/vorpalfs/config.toml].
+    #[arg(long, global = true, env = "VORPALFS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// The store directory [default: /var/lib/vorpalfs as root, else $XDG_DATA_HOME/vorpalfs]
     #[arg(long, global = true, env = "VORPALFS_STORE_DIR", value_name = "DIR")]
     pub store_dir: Option<PathBuf>,
@@ -116,6 +121,26 @@ pub enum Command {
     /// Signing keys: make one, or print the public half of one.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check this host's setup (FUSE, mountpoint, namespaces, store, disk, daemon, S3, keys);
+    /// exits non-zero when a check fails.
+    Doctor,
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (vorpalfs.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ConfigCommand {
+    /// Every setting, its value and where it came from (default, a file, env, flag).
+    Show,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -174,11 +199,14 @@ pub struct MountArgs {
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct BuildArgs {
-    /// A manifest file, or a directory holding vorpalfs.toml.
-    #[arg(default_value = ".")]
-    pub manifest: PathBuf,
-    /// Artifacts to build (names or aliases) [default: all].
-    pub artifacts: Vec<String>,
+    /// Artifacts to build (names or aliases of ./vorpalfs.toml, or of --file) [default: all];
+    /// the first may instead be a manifest file or a directory holding vorpalfs.toml.
+    #[arg(value_name = "NAME|PATH")]
+    pub words: Vec<String>,
+    /// The manifest (a file, or a directory holding vorpalfs.toml); every word is then an
+    /// artifact of it.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
     /// Artifacts built at once [default: number of CPUs].
     #[arg(short, long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -205,7 +233,7 @@ pub struct InspectArgs {
     /// An artifact name or alias, or an input digest.
     pub artifact: String,
     /// Compute the recipe from this manifest (file or directory) instead of the store's record.
-    #[arg(short = 'f', long)]
+    #[arg(short = 'f', long = "file", visible_alias = "manifest", value_name = "FILE")]
     pub manifest: Option<PathBuf>,
     /// Print the exact bytes that are hashed (compact), not the readable form.
     #[arg(long)]

@@ -4,8 +4,11 @@
 //! lib.rs       the sandbox helper's entry, parse, logging, dispatch, error → exit code
 //! main.rs      calls lib.rs's `main` (the library exists for the fuzz targets)
 //! args.rs      clap definitions (the daemon receives these values, typed)
-//! settings.rs  flags + environment + defaults resolved once, before any work
-//! commands/    store, sync (push/pull/gc), build, inspect, run, mount, status
+//! settings.rs  config files + environment + flags + defaults resolved once, before any work
+//! config.rs    the TOML configuration files: where they are, their keys, their errors
+//! names.rs     build/run/inspect words: manifest path or artifact name, nearest names
+//! commands/    store, sync (push/pull/gc), build, inspect, run, mount, status, key,
+//!              config (show), doctor (host checks)
 //! daemon/      server (the daemon), client (one frame loop), protocol (typed frames)
 //! view.rs      a build's progress on the terminal
 //! ```
@@ -16,7 +19,9 @@
 
 pub mod args;
 mod commands;
+mod config;
 pub mod daemon;
+mod names;
 mod settings;
 mod view;
 
@@ -26,7 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use vorpalfs_store::Store;
 
 use args::{Cli, Command};
@@ -108,8 +113,20 @@ fn daemon_or_local(
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    let settings = Settings::resolve(&cli);
+fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
+    // Needing no settings (and working whatever the configuration files say).
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "vorpalfs", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Manpages { dir } => {
+            commands::config::manpages(dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let settings = Settings::resolve(&cli, matches)?;
     if settings.trust_unsigned && (settings.signing_key.is_some() || settings.trusted_keys.is_some()) {
         eprintln!(
             "warning: --trust-unsigned: roots and build results from S3 are taken even when no trusted key signed them"
@@ -144,6 +161,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Umount { dir } => commands::mount::umount(&settings, dir),
         Command::Status => commands::status::run(&settings),
         Command::Key(cmd) => commands::key::run(&settings, cmd),
+        Command::Config(args::ConfigCommand::Show) => commands::config::show(&settings),
+        Command::Doctor => commands::doctor::run(&settings),
+        Command::Completions { .. } | Command::Manpages { .. } => unreachable!("handled above"),
     }
 }
 
@@ -160,10 +180,15 @@ pub fn main() -> ExitCode {
     // readable by others (the mountpoint, exported trees) gets its mode set explicitly.
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0o077) };
-    let cli = Cli::parse();
+    // Parsed through ArgMatches to tell a flag from its environment variable and a default.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let daemon = matches!(&cli.command, Command::Mount(m) if m.foreground);
     let _trace = init_logging(cli.verbose, daemon);
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             // A closed stdout (`vorpalfs store cat … | head`) is not an error worth a message.

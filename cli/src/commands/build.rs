@@ -26,9 +26,18 @@ pub fn run(
     events: &(dyn Fn(Event) + Sync),
     cancel: &AtomicBool,
 ) -> Result<ExitCode> {
+    // The words are resolved against the caller's directory, with the caller's rights.
+    let resolve = || crate::names::resolve(&settings.cwd, args.file.as_deref(), &args.words);
+    let targets = match &settings.creds {
+        Some(c) => c.with(resolve),
+        None => resolve(),
+    }?;
     let opts = Options {
-        targets: args.artifacts,
-        jobs: args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        targets: targets.artifacts,
+        jobs: args
+            .jobs
+            .or(settings.jobs)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         keep_going: args.keep_going,
         rebuild: args.rebuild,
         dry_run: args.dry_run,
@@ -36,7 +45,7 @@ pub fn run(
         creds: settings.creds.clone(),
         allow_outside_sources: args.allow_outside_sources,
     };
-    let report = builder.build(&settings.abs(&args.manifest), &opts, events, cancel)?;
+    let report = builder.build(&targets.manifest, &opts, events, cancel)?;
     if settings.json {
         serde_json::to_writer(&mut *out, &report)?;
         writeln!(out)?;

@@ -13,13 +13,32 @@ use crate::args::InspectArgs;
 use crate::daemon::protocol::ArtifactInfo;
 use crate::settings::Settings;
 
-/// The newest build of an artifact name or alias (or an input digest).
-pub fn artifact(builder: &Builder, what: &str) -> Result<ArtifactInfo> {
+/// The names the store has roots or builds under, and those `./vorpalfs.toml` declares.
+fn known_names(builder: &Builder, caller: Option<&Settings>) -> Vec<String> {
+    let mut names: Vec<String> = builder.store().roots().unwrap_or_default().into_iter().map(|r| r.name).collect();
+    if let Some(s) = caller {
+        // The caller's file, read with the caller's rights.
+        let here = || crate::names::names_here(&s.cwd);
+        names.extend(match &s.creds {
+            Some(c) => c.with(here),
+            None => here(),
+        });
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The newest build of an artifact name or alias (or an input digest); the caller's manifest's
+/// names are suggested when it is unknown.
+pub fn artifact(builder: &Builder, what: &str, caller: Option<&Settings>) -> Result<ArtifactInfo> {
     let store = builder.store();
     let digest = match what.parse::<Digest>() {
         Ok(d) => d,
         Err(_) => store.alias(what)?.with_context(|| {
-            format!("no build of `{what}` in the store (use --manifest to inspect one not built yet)")
+            let near = crate::names::nearest(what, &known_names(builder, caller));
+            let near = if near.is_empty() { String::new() } else { format!("; nearest names: {}", near.join(", ")) };
+            format!("no build of `{what}` in the store (use --file to inspect one not built yet){near}")
         })?,
     };
     let recipe = store.recipe_or_err(&digest)?;
@@ -42,12 +61,13 @@ pub fn run(builder: &Builder, settings: &Settings, args: InspectArgs, out: &mut 
             Some(c) => c.with(load),
             None => load(),
         }?;
-        let i =
-            m.find(&args.artifact).with_context(|| format!("no artifact `{}` in {}", args.artifact, path.display()))?;
+        let i = m
+            .find(&args.artifact)
+            .with_context(|| crate::names::unknown(&args.artifact, &path, &crate::names::names_of(&m)))?;
         let r = builder.recipes(&m, settings.creds.as_ref())?.swap_remove(i);
         (r.digest(), r.canonical())
     } else {
-        let info = artifact(builder, &args.artifact)?;
+        let info = artifact(builder, &args.artifact, Some(settings))?;
         (info.digest, store.recipe_or_err(&info.digest)?)
     };
     let value: serde_json::Value = serde_json::from_slice(&recipe).context("the stored recipe is not JSON")?;

@@ -1,7 +1,7 @@
 //! `vorpalfs key`: make a signing key pair, print the public half of one.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -17,6 +17,12 @@ pub fn run(settings: &Settings, cmd: KeyCommand) -> Result<ExitCode> {
             let key = SecretKey::generate(&name)?;
             let secret = dir.join(format!("{name}.secret"));
             let public = dir.join(format!("{name}.public"));
+            // A new key directory is the owner's alone.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("{}: cannot create the key directory", dir.display()))?;
             // Never over an existing key (a lost secret key cannot be made again).
             let create = |path: &std::path::Path, mode: u32, text: &str| -> Result<()> {
                 let mut f = std::fs::OpenOptions::new()

@@ -9,6 +9,8 @@ use vorpalfs_store::{Digest, Store};
 use crate::settings::Settings;
 
 pub mod build;
+pub mod config;
+pub mod doctor;
 pub mod inspect;
 pub mod key;
 pub mod mount;

@@ -10,15 +10,16 @@ use crate::daemon::client;
 use crate::settings::Settings;
 
 pub fn mount(settings: Settings, args: MountArgs) -> Result<ExitCode> {
+    let threads = args.threads.or(settings.threads);
     let mountpoint = args.dir.map_or(settings.mountpoint.clone(), |d| settings.abs(&d));
     if args.foreground {
-        crate::daemon::server::run(settings, &mountpoint, args.threads)?;
+        crate::daemon::server::run(settings, &mountpoint, threads)?;
     } else if let Some(conn) = client::connect(&settings) {
         let st = client::status(conn, &settings)?;
         eprintln!("already mounted by pid {}", st.pid);
         println!("{}", st.mountpoint.display());
     } else {
-        client::spawn_daemon(&settings, &mountpoint, args.threads)?;
+        client::spawn_daemon(&settings, &mountpoint, threads)?;
         println!("{}", mountpoint.display());
     }
     Ok(ExitCode::SUCCESS)

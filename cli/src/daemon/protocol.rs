@@ -67,6 +67,9 @@ pub struct ArtifactInfo {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
+    /// The daemon's vorpalfs version (empty from a daemon older than the field).
+    #[serde(default)]
+    pub version: String,
     pub mountpoint: PathBuf,
     pub store: PathBuf,
     pub uptime_seconds: u64,

@@ -168,7 +168,7 @@ impl Daemon {
                 self.shutdown.notify_one();
                 0
             }
-            Request::Artifact(name) => match commands::inspect::artifact(&self.builder, &name) {
+            Request::Artifact(name) => match commands::inspect::artifact(&self.builder, &name, Some(&settings)) {
                 Ok(info) => {
                     protocol::write_frame(&mut &conn, &Frame::Reply(Reply::Artifact(info)))?;
                     0
@@ -233,6 +233,7 @@ impl Daemon {
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Status {
             pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             mountpoint: self.mounted.mountpoint().to_path_buf(),
             store: self.settings.store_dir.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),
