@@ -355,7 +355,7 @@ fn bad_input_is_named_and_publishes_nothing() {
     }
     b.build(&b.env.path("syntax"), &["nope"]).fails_with(&["vorpalfs.toml:3:"]);
     let ok = b.project("ok", &artifact("a", "true"));
-    b.build(&ok, &["nope"]).fails_with(&["unknown artifact `nope`"]);
+    b.build(&ok, &["nope"]).fails_with(&["no artifact `nope`"]);
     // No leftover workspaces.
     assert_eq!(b.env.workspaces(), Vec::<std::ffi::OsString>::new());
 }

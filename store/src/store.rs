@@ -50,6 +50,11 @@ pub struct Options {
     /// A root from S3 with less than this many bytes to fetch is fetched whole, in the
     /// background, when the mount first looks it up (at most half `cache_bytes`); 0: never.
     pub prefetch_below: u64,
+    /// Ingest commits file records and trees in batches of about this many bytes, so that its
+    /// memory does not grow with the file count.
+    pub commit_bytes: usize,
+    /// Ingest seals a pack (and commits its locators) at this many chunks even if not full.
+    pub pack_max_chunks: usize,
 }
 
 impl Default for Options {
@@ -63,6 +68,8 @@ impl Default for Options {
             runtime: None,
             trust: Default::default(),
             prefetch_below: crate::remote::lazy::SMALL_ROOT,
+            commit_bytes: 8 << 20,
+            pack_max_chunks: 1 << 16,
         }
     }
 }

@@ -26,7 +26,10 @@
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch,
+    WriteOptions,
+};
 
 use crate::error::{Error, Result};
 use crate::local::pack::PackInfo;
@@ -142,19 +145,27 @@ pub(crate) struct Index {
 #[derive(Default)]
 pub(crate) struct Batch {
     ops: Vec<(Cf, Vec<u8>, Option<Vec<u8>>)>,
+    bytes: usize,
 }
 
 impl Batch {
     fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.bytes += key.len() + value.len();
         self.ops.push((cf, key.to_vec(), Some(value.to_vec())));
     }
 
     fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.bytes += key.len();
         self.ops.push((cf, key.to_vec(), None));
     }
 
     pub fn len(&self) -> usize {
         self.ops.len()
+    }
+
+    /// The keys' and values' bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -250,12 +261,26 @@ impl Index {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(3);
+        // All families share 64 MiB of memtables (not 64 MiB each), and the log is bounded: past
+        // 128 MiB the families holding its oldest records are flushed, so a large ingest does
+        // not leave the whole index in one log to replay at the next open.
+        opts.set_db_write_buffer_size(64 << 20);
+        opts.set_max_total_wal_size(128 << 20);
         // Point lookups of 32-byte digests dominate: bloom filters spare a disk read per miss.
-        let cache = Cache::new_lru_cache(64 << 20);
+        // Filters and indexes are partitioned into 4 KiB blocks behind a small top level that
+        // stays pinned, so a lookup in a table of millions of keys reads (and checksums) a few
+        // small cached blocks, not a whole-table filter larger than a cache shard.
+        let cache = Cache::new_lru_cache(128 << 20);
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_block_cache(&cache);
         table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let cfs = || {
             Cf::ALL.iter().map(|cf| {
                 let mut o = Options::default();
@@ -499,6 +524,21 @@ impl Index {
     }
 
     // ----- writes -----
+
+    /// Writes the memtables out to table files (after a large ingest), so that the log does not
+    /// keep them and the next open does not replay them. Best-effort: what was committed is
+    /// durable in the log either way.
+    pub fn flush(&self) {
+        if self.read_only {
+            return;
+        }
+        for cf in Cf::ALL {
+            if let Err(e) = self.db.flush_cf(self.cf(cf)) {
+                tracing::warn!(index = %self.path.display(), error = %e, "flushing the index");
+                return;
+            }
+        }
+    }
 
     /// Applies a batch atomically and durably (the WAL is synced).
     pub fn commit(&self, batch: Batch) -> Result<()> {
