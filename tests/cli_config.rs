@@ -99,8 +99,12 @@ fn doctor(env: &Env, extra: &[&str]) -> (bool, Vec<(String, String, String)>, St
     let mut args = vec!["--json"];
     args.extend_from_slice(extra);
     args.push("doctor");
-    let r = env.run(&args);
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    parse_doctor(env.run(&args))
+}
+
+fn parse_doctor(r: Run) -> (bool, Vec<(String, String, String)>, String) {
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", r.stdout, r.stderr));
     let checks = v
         .as_array()
         .unwrap()
@@ -179,6 +183,102 @@ fn doctor_passes_on_a_healthy_setup_and_names_each_broken_thing() {
         &[args[0], args[1], "--signing-key", secret.to_str().unwrap(), "--trusted-keys", &two_public],
         "signing key trusted",
     );
+}
+
+/// `doctor --json` in a private mount namespace where each `(file, over)` is bind-mounted
+/// read-only over the path `over` first: a broken host, for doctor alone.
+fn doctor_on_a_host_with(
+    env: &Env,
+    extra: &[&str],
+    binds: &[(&Path, &str)],
+) -> (bool, Vec<(String, String, String)>, String) {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    args.push("doctor");
+    let inner = env.cmd(&args);
+    let script: String =
+        binds.iter().map(|(f, over)| format!("mount --bind -o ro '{}' '{over}' && ", f.display())).collect();
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", &format!("{script}exec \"$0\" \"$@\"")]);
+    c.arg(inner.get_program()).args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    parse_doctor(c.output().expect("spawn unshare").into())
+}
+
+/// Files bound read-only over system paths: (the file, the path it hides).
+type Binds<'a> = &'a [(&'a Path, &'a str)];
+
+#[test]
+fn doctor_names_a_host_without_fuse_namespaces_or_build_users() {
+    let env = Env::new();
+    let args = healthy(&env);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let empty = env.path("empty");
+    write(&empty, b"");
+    let zero = env.path("zero");
+    write(&zero, b"0\n");
+    // (files bound over system paths, the check that must fail, what it must say)
+    let cases: [(Binds, &str, &str); 3] = [
+        // A read-only file where /dev/fuse should be: it cannot be opened for writing.
+        (&[(&empty, "/dev/fuse")], "fuse", "cannot open /dev/fuse"),
+        (&[(&zero, "/proc/sys/user/max_user_namespaces")], "namespaces", "user namespaces are disabled"),
+        (&[(&empty, "/etc/subuid"), (&empty, "/etc/subgid")], "build users", "/etc/sub"),
+    ];
+    for (binds, check, says) in cases {
+        let (success, checks, out) = doctor_on_a_host_with(&env, &args, binds);
+        assert!(!success, "doctor succeeded without {check}: {out}");
+        assert!(
+            checks.iter().any(|(c, s, m)| c == check && s == "FAIL" && m.contains(says)),
+            "no failed {check} check saying {says:?}: {out}"
+        );
+        // Only what was broken is reported broken.
+        let others: Vec<_> = checks.iter().filter(|(c, s, _)| c != check && s == "FAIL").collect();
+        assert!(others.is_empty(), "{check}: other checks failed too: {others:?}");
+    }
+}
+
+#[test]
+fn doctor_names_a_store_it_cannot_use_a_dead_daemon_and_a_full_budget() {
+    let env = Env::new();
+    env.add(&{
+        let d = env.path("src");
+        write(&d.join("f"), b"x");
+        d
+    });
+    let args = healthy(&env);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // A store of another user.
+    std::os::unix::fs::chown(&env.store, Some(65534), Some(65534)).unwrap();
+    let (_, checks, out) = doctor(&env, &args);
+    assert!(checks.iter().any(|(c, s, m)| c == "store" && s == "FAIL" && m.contains("owned by uid 65534")), "{out}");
+    std::os::unix::fs::chown(&env.store, Some(0), Some(0)).unwrap();
+
+    // A budget larger than the disk: a warning, not a failure.
+    let (success, checks, out) = doctor(&env, &[args[0], args[1], "--cache-size", "1000000G"]);
+    assert!(success, "{out}");
+    assert!(
+        checks.iter().any(|(c, s, m)| c == "disk" && s == "warn" && m.contains("less than the cache budget")),
+        "{out}"
+    );
+
+    // A socket nobody answers on (connections wait in its backlog): a hung daemon. Doctor
+    // gives up on it after a few seconds.
+    let listener = std::os::unix::net::UnixListener::bind(env.store.join("daemon.sock")).unwrap();
+    assert_fails(&env, &args, "daemon");
+    drop(listener);
+
+    // A store path that is a file.
+    let file = env.path("not-a-dir");
+    write(&file, b"");
+    let mut other = Env::new();
+    other.store = file;
+    assert_fails(&other, &healthy(&other).iter().map(String::as_str).collect::<Vec<_>>(), "store");
 }
 
 #[test]

@@ -397,7 +397,7 @@ fn a_killed_ingest_leaves_no_root_and_no_dangling_index_entries() {
     env.run(store_args(&["verify"])).ok();
     // Unsealed packs are removed at open; packs the ingest had committed (complete, unreachable)
     // are gc's to take.
-    env.run(store_args(&["gc"])).ok();
+    env.run(["gc"]).ok();
     assert_eq!(fs::read_dir(&packs).unwrap().count(), 0, "no pack is left");
     let stats: serde_json::Value = serde_json::from_str(env.run(["--json", "store", "stats"]).ok()).unwrap();
     assert_eq!(stats["chunks"], 0, "no locator points into the removed pack: {stats}");
@@ -406,4 +406,23 @@ fn a_killed_ingest_leaves_no_root_and_no_dangling_index_entries() {
     let out = env.path("out");
     env.run(store_args(&["export", &digest, out.to_str().unwrap()])).ok();
     assert_same_tree(&src, &out);
+}
+
+#[test]
+fn a_source_deeper_than_path_max_is_stored_and_exported_whole() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // 24 levels of 200-byte names: 4,824 bytes of path below the top, past PATH_MAX (4,096).
+    // Made with relative steps, since no single path reaches the bottom.
+    let name = "d".repeat(200);
+    sh(&format!("cd '{}' && for i in $(seq 24); do mkdir {name} && cd {name}; done && echo bottom > f", src.display()));
+    let deep: String = std::iter::repeat_n(name.as_str(), 24).collect::<Vec<_>>().join("/");
+    assert!(deep.len() > 4096);
+    let digest = env.add(&src);
+    assert_eq!(env.run(store_args(&["cat", &format!("{digest}/{deep}/f")])).ok(), "bottom\n");
+    let out = env.path("out");
+    env.run(store_args(&["export", &digest, out.to_str().unwrap()])).ok();
+    let read = sh(&format!("cd '{}' && for i in $(seq 24); do cd {name}; done && cat f", out.display()));
+    assert_eq!(read, "bottom\n");
 }

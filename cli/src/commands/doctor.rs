@@ -396,7 +396,11 @@ fn keys(settings: &Settings) -> Vec<Check> {
 }
 
 pub fn run(settings: &Settings) -> Result<ExitCode> {
-    let status = client::connect(settings).map(|c| client::status(c, settings));
+    // A daemon that accepts but does not answer is a failed check, not a hung doctor.
+    let status = client::connect(settings).map(|c| {
+        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        client::status(c, settings)
+    });
     let mut checks = vec![fuse()];
     checks.push(mountpoint(settings, status.as_ref().and_then(|s| s.as_ref().ok())));
     checks.push(namespaces());
