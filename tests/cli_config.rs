@@ -127,6 +127,13 @@ fn assert_fails(env: &Env, extra: &[&str], check: &str) {
     assert!(checks.iter().any(|(c, s, _)| c == check && s == "FAIL"), "no failed {check} check: {out}");
 }
 
+/// A store holding one root, so the store checks have something to open.
+fn add_a_root(env: &Env) {
+    let d = env.path("src");
+    write(&d.join("f"), b"x");
+    env.add(&d);
+}
+
 fn healthy(env: &Env) -> Vec<String> {
     vec!["--mountpoint".into(), env.path("mnt").display().to_string()]
 }
@@ -134,11 +141,7 @@ fn healthy(env: &Env) -> Vec<String> {
 #[test]
 fn doctor_passes_on_a_healthy_setup_and_names_each_broken_thing() {
     let env = Env::new();
-    env.add(&{
-        let d = env.path("src");
-        write(&d.join("f"), b"x");
-        d
-    });
+    add_a_root(&env);
     let args = healthy(&env);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (success, checks, out) = doctor(&env, &args);
@@ -185,13 +188,12 @@ fn doctor_passes_on_a_healthy_setup_and_names_each_broken_thing() {
     );
 }
 
+/// Files bound read-only over system paths: (the file, the path it hides).
+type Binds<'a> = &'a [(&'a Path, &'a str)];
+
 /// `doctor --json` in a private mount namespace where each `(file, over)` is bind-mounted
 /// read-only over the path `over` first: a broken host, for doctor alone.
-fn doctor_on_a_host_with(
-    env: &Env,
-    extra: &[&str],
-    binds: &[(&Path, &str)],
-) -> (bool, Vec<(String, String, String)>, String) {
+fn doctor_on_a_host_with(env: &Env, extra: &[&str], binds: Binds) -> (bool, Vec<(String, String, String)>, String) {
     let mut args = vec!["--json"];
     args.extend_from_slice(extra);
     args.push("doctor");
@@ -209,9 +211,6 @@ fn doctor_on_a_host_with(
     }
     parse_doctor(c.output().expect("spawn unshare").into())
 }
-
-/// Files bound read-only over system paths: (the file, the path it hides).
-type Binds<'a> = &'a [(&'a Path, &'a str)];
 
 #[test]
 fn doctor_names_a_host_without_fuse_namespaces_or_build_users() {
@@ -245,11 +244,7 @@ fn doctor_names_a_host_without_fuse_namespaces_or_build_users() {
 #[test]
 fn doctor_names_a_store_it_cannot_use_a_dead_daemon_and_a_full_budget() {
     let env = Env::new();
-    env.add(&{
-        let d = env.path("src");
-        write(&d.join("f"), b"x");
-        d
-    });
+    add_a_root(&env);
     let args = healthy(&env);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
 

@@ -123,15 +123,25 @@ pub(crate) fn entries(dir: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
 }
 
 /// Opens the regular file at `rel` beneath `top` for reading, following no symlink anywhere on
-/// the way (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`). A path too long for one call, or a system
-/// without `openat2` (kernels before 5.6, valgrind before 3.22), is walked directory by directory
-/// with `O_NOFOLLOW` at each step, which refuses the same symlinks.
+/// the way (see [`open_at_beneath`]).
 pub(crate) fn open_beneath(top: BorrowedFd<'_>, rel: &Path) -> std::io::Result<File> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    open_at_beneath(top, rel, OFlag::O_RDONLY).map(File::from)
+}
+
+/// Opens the directory at `rel` beneath `top`, following no symlink anywhere on the way.
+pub(crate) fn open_dir_beneath(top: BorrowedFd<'_>, rel: &Path) -> std::io::Result<OwnedFd> {
+    open_at_beneath(top, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+}
+
+/// Opens `rel` beneath `top` with `flags`, following no symlink anywhere on the way
+/// (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`). A path too long for one call (trees may be deeper
+/// than PATH_MAX), or a system without `openat2` (kernels before 5.6, valgrind before 3.22), is
+/// walked directory by directory with `O_NOFOLLOW` at each step, which refuses the same symlinks.
+fn open_at_beneath(top: BorrowedFd<'_>, rel: &Path, flags: OFlag) -> std::io::Result<OwnedFd> {
+    let flags = flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let how = OpenHow::new().flags(flags).resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
     match nix::fcntl::openat2(top, rel, how) {
-        Ok(fd) => Ok(File::from(fd)),
+        Ok(fd) => Ok(fd),
         Err(Errno::ENAMETOOLONG | Errno::ENOSYS) => {
             let mut parts: Vec<&OsStr> = rel
                 .components()
@@ -147,8 +157,7 @@ pub(crate) fn open_beneath(top: BorrowedFd<'_>, rel: &Path) -> std::io::Result<F
                 dir = Some(next);
             }
             let at = dir.as_ref().map_or(top, |d| d.as_fd());
-            let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
-            nix::fcntl::openat(at, name, flags, Mode::empty()).map(File::from).map_err(io)
+            nix::fcntl::openat(at, name, flags, Mode::empty()).map_err(io)
         }
         Err(e) => Err(io(e)),
     }

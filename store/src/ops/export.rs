@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use rayon::prelude::*;
 
@@ -143,38 +143,10 @@ fn create_beneath(top: &OwnedFd, rel: &Path, mode: u32) -> std::io::Result<File>
     let name = rel.file_name().ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
     let dir = match parent {
-        Some(p) => Some(open_dir_beneath(top, p)?),
+        Some(p) => Some(source::open_dir_beneath(top.as_fd(), p)?),
         None => None,
     };
     let at = dir.as_ref().map_or(top.as_fd(), |d| d.as_fd());
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     nix::fcntl::openat(at, name, flags, Mode::from_bits_truncate(mode)).map(File::from).map_err(source::io)
-}
-
-/// The longest relative path given to one `openat2`: below PATH_MAX (4,096 with its NUL).
-const SEGMENT_MAX: usize = 3072;
-
-/// Opens directory `rel` beneath `top`, following no symlink and never leaving `top`. A path
-/// past PATH_MAX (trees may be deeper than one path can name) is opened in segments, each
-/// relative to the descriptor of the one before.
-fn open_dir_beneath(top: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
-    let how = || {
-        OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
-    };
-    let mut at: Option<OwnedFd> = None;
-    let mut segment = PathBuf::new();
-    let mut components = rel.components().peekable();
-    while let Some(c) = components.next() {
-        segment.push(c);
-        let next_fits =
-            components.peek().is_some_and(|n| segment.as_os_str().len() + 1 + n.as_os_str().len() <= SEGMENT_MAX);
-        if !next_fits {
-            let from = at.as_ref().map_or(top.as_fd(), |d| d.as_fd());
-            at = Some(nix::fcntl::openat2(from, &segment, how()).map_err(source::io)?);
-            segment.clear();
-        }
-    }
-    at.ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))
 }
