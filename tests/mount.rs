@@ -364,6 +364,9 @@ fn a_stale_mount_left_by_a_killed_daemon_is_replaced_or_cleared() {
     assert!(r.ok().is_empty());
     assert!(r.stderr.contains("detached"), "{}", r.stderr);
     assert!(!vorpalfs_fs_mounted(&dir));
+    // A root daemon's view of the mount for its sandboxes goes with it, not left to pile up.
+    let view = env.builds_dir().join("store");
+    assert!(!vorpalfs_fs_mounted(&view), "{} is still mounted", view.display());
 }
 
 #[test]

@@ -55,7 +55,7 @@ pub(crate) fn as_client<T>(creds: Option<&Creds>, f: impl FnOnce() -> T) -> T {
 }
 
 /// The builders' view of the mount, below the builds directory.
-const STORE_VIEW: &str = "store";
+pub(crate) const STORE_VIEW: &str = "store";
 
 /// One builder per store, shared by every build the daemon runs.
 pub struct Builder {
@@ -114,7 +114,7 @@ impl Builder {
         // Not a stat of the mountpoint: the daemon would answer its own request (and the kernel
         // would keep the answer).
         let (view, view_mounted) = if root && cfg.bind_view {
-            let view = cfg.work_dir.join(STORE_VIEW);
+            let view = cfg.view_dir();
             fs::create_dir(&view).at(&view)?;
             let flags = nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC;
             nix::mount::mount(Some(&cfg.mountpoint), &view, None::<&str>, flags, None::<&str>)

@@ -73,6 +73,14 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Where a root daemon binds its view of the mount for the sandboxes (a daemon killed
+    /// before detaching it leaves it behind, on a dead connection).
+    pub fn view_dir(&self) -> PathBuf {
+        self.work_dir.join(crate::builder::STORE_VIEW)
+    }
+}
+
 /// What running an artifact needs from the builder.
 pub(crate) struct Executor<'a> {
     pub store: &'a Store,

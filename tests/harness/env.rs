@@ -171,8 +171,14 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // A root daemon's (empty by now) directory of workspaces.
-        let _ = std::fs::remove_dir(self.builds_dir().join("store"));
+        // A root daemon's (empty by now) directory of workspaces, and its view of the mount if
+        // a test killed the daemon before it could detach it.
+        let view = self.builds_dir().join("store");
+        if let Ok(c) = std::ffi::CString::new(view.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid C string; a failure (nothing mounted there) is harmless.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        let _ = std::fs::remove_dir(&view);
         let _ = std::fs::remove_dir(self.builds_dir());
     }
 }

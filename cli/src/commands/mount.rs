@@ -36,6 +36,13 @@ pub fn umount(settings: &Settings, dir: Option<PathBuf>) -> Result<ExitCode> {
     } else if vorpalfs_fs::is_mountpoint(&mountpoint) {
         vorpalfs_fs::detach(&mountpoint).with_context(|| format!("cannot unmount {}", mountpoint.display()))?;
         eprintln!("no daemon was running; detached the mount at {}", mountpoint.display());
+        // And a root daemon's view of it for the sandboxes, which would keep the dead
+        // connection (and a mount entry) alive.
+        let view = settings.builder_config(&mountpoint).view_dir();
+        if vorpalfs_fs::is_mountpoint(&view) {
+            vorpalfs_fs::detach(&view).with_context(|| format!("cannot unmount {}", view.display()))?;
+            let _ = std::fs::remove_dir(&view);
+        }
     } else {
         bail!("nothing is mounted at {} and no daemon serves {}", mountpoint.display(), settings.store_dir.display());
     }
