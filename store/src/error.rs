@@ -21,6 +21,9 @@ pub enum Error {
     #[error("{}: cannot store a {kind}; only regular files, directories and symlinks can be stored", path.display())]
     Unsupported { path: PathBuf, kind: &'static str },
 
+    #[error("{}: a tree of more than 4,294,967,295 files or directories cannot be stored in one ingest", path.display())]
+    TooManyEntries { path: PathBuf },
+
     #[error("{}: the file changed while it was being read; nothing was committed", path.display())]
     Changed { path: PathBuf },
 

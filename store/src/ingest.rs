@@ -71,15 +71,23 @@ pub struct IngestReport {
     pub stored_bytes: u64,
 }
 
+/// The walk's skeleton of the tree, kept until the trees are built: the one part of an ingest
+/// that grows with the file count, so a file costs as few bytes as it can (one job: its name, its
+/// directory's index; a directory's path is kept once).
 enum Node {
-    Dir(Vec<(Vec<u8>, Node)>),
-    File { job: usize, executable: bool },
+    /// A directory's files are a run of jobs; its subdirectories and symlinks are entries.
+    Dir {
+        files: std::ops::Range<u32>,
+        entries: Vec<(Vec<u8>, Node)>,
+    },
     Symlink(Vec<u8>),
 }
 
 struct FileJob {
-    /// Relative to the top of the source.
-    rel: PathBuf,
+    /// The directory it is in (an index into the walk's `dirs`) and its name there.
+    dir: u32,
+    executable: bool,
+    name: Box<[u8]>,
     size: u64,
     /// Device and inode the walk saw: the file read must be this one.
     dev: u64,
@@ -153,14 +161,23 @@ struct Walker<'a> {
     creds: Option<&'a Creds>,
     public_only: bool,
     jobs: Vec<FileJob>,
+    /// Every directory's path relative to the top, in walk order.
+    dirs: Vec<PathBuf>,
     report: IngestReport,
 }
 
 impl Walker<'_> {
+    /// Walks one directory: its files first (so that they are one run of jobs), then its
+    /// subdirectories, each opened again by name and checked to be the one looked at.
     fn dir(&mut self, fd: &OwnedFd, rel: &Path) -> Result<Node> {
         let creds = self.creds;
+        let too_many = |path: PathBuf| Error::TooManyEntries { path };
+        let dir_index = u32::try_from(self.dirs.len()).map_err(|_| too_many(self.top.join(rel)))?;
+        self.dirs.push(rel.to_path_buf());
         let names = as_client(creds, || source::entries(fd)).at(self.top.join(rel))?;
-        let mut children = Vec::with_capacity(names.len());
+        let first_job = u32::try_from(self.jobs.len()).map_err(|_| too_many(self.top.join(rel)))?;
+        let mut entries = Vec::new();
+        let mut subdirs = Vec::new();
         for name in names {
             let os = OsStr::from_bytes(&name);
             let child = rel.join(os);
@@ -180,38 +197,50 @@ impl Walker<'_> {
             if self.public_only && !public {
                 return Err(Error::NotPublic { path: path() });
             }
-            let node = match fmt {
-                libc::S_IFDIR => {
-                    let sub = as_client(creds, || source::open_dir(fd.as_fd(), os)).map_err(|e| changed(e, path()))?;
-                    // The directory opened must be the one just looked at (not swapped since).
-                    if source::identity(&sub).at(path())? != (st.st_dev, st.st_ino) {
-                        return Err(Error::Changed { path: path() });
-                    }
-                    let node = self.dir(&sub, &child)?;
-                    // With a filter, a directory left empty by it is dropped.
-                    if self.keep.is_some() && matches!(&node, Node::Dir(c) if c.is_empty()) {
-                        continue;
-                    }
-                    self.report.dirs += 1;
-                    node
-                }
+            match fmt {
+                libc::S_IFDIR => subdirs.push((name, (st.st_dev, st.st_ino))),
                 libc::S_IFREG => {
                     self.report.files += 1;
-                    let job = FileJob { rel: child, size: st.st_size as u64, dev: st.st_dev, ino: st.st_ino };
-                    self.jobs.push(job);
-                    Node::File { job: self.jobs.len() - 1, executable: st.st_mode & 0o111 != 0 }
+                    u32::try_from(self.jobs.len() + 1).map_err(|_| too_many(path()))?;
+                    self.jobs.push(FileJob {
+                        dir: dir_index,
+                        executable: st.st_mode & 0o111 != 0,
+                        name: name.into_boxed_slice(),
+                        size: st.st_size as u64,
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                    });
                 }
                 libc::S_IFLNK => {
                     self.report.symlinks += 1;
-                    Node::Symlink(
-                        as_client(creds, || source::readlink_at(fd.as_fd(), os)).map_err(|e| changed(e, path()))?,
-                    )
+                    let target =
+                        as_client(creds, || source::readlink_at(fd.as_fd(), os)).map_err(|e| changed(e, path()))?;
+                    entries.push((name, Node::Symlink(target)));
                 }
                 _ => return Err(Error::Unsupported { path: path(), kind: special_kind(st.st_mode) }),
-            };
-            children.push((name, node));
+            }
         }
-        Ok(Node::Dir(children))
+        let files = first_job..self.jobs.len() as u32;
+        for (name, seen) in subdirs {
+            let os = OsStr::from_bytes(&name);
+            let child = rel.join(os);
+            let path = || self.top.join(&child);
+            let sub = as_client(creds, || source::open_dir(fd.as_fd(), os)).map_err(|e| changed(e, path()))?;
+            // The directory opened must be the one looked at (not swapped since).
+            if source::identity(&sub).at(path())? != seen {
+                return Err(Error::Changed { path: path() });
+            }
+            let node = self.dir(&sub, &child)?;
+            // With a filter, a directory left empty by it is dropped.
+            if self.keep.is_some()
+                && matches!(&node, Node::Dir { files, entries } if files.is_empty() && entries.is_empty())
+            {
+                continue;
+            }
+            self.report.dirs += 1;
+            entries.push((name, node));
+        }
+        Ok(Node::Dir { files, entries })
     }
 }
 
@@ -223,7 +252,7 @@ struct Run<'a> {
     creds: Option<&'a Creds>,
     jobs: &'a [FileJob],
     /// The order files are read in (see `ingest_filtered`).
-    order: Vec<usize>,
+    order: Vec<u32>,
     next_job: AtomicUsize,
     /// Workers with no file left, waiting for chunks to compress.
     idle: AtomicUsize,
@@ -231,7 +260,10 @@ struct Run<'a> {
     error: Mutex<Option<Error>>,
     /// Chunks taken by this ingest whose locators are not committed yet.
     queued: Mutex<HashSet<Digest>>,
-    outputs: Mutex<Vec<Option<FileSum>>>,
+    /// Each job's digest and size, as its file is read.
+    outputs: Mutex<Vec<FileSum>>,
+    /// The walk's directories (a job's path is its directory's joined with its name).
+    dirs: &'a [PathBuf],
     /// The packs created and not yet committed: removed if the ingest fails. (A committed pack
     /// is never removed here: its locators are in the index, and other writers may reuse them.)
     packs: Mutex<Vec<u64>>,
@@ -299,8 +331,8 @@ impl Run<'_> {
             let Some(&i) = self.order.get(self.next_job.fetch_add(1, Ordering::SeqCst)) else {
                 break;
             };
-            match w.read_file(&self.jobs[i], &tx).and_then(|out| w.spill(out)) {
-                Ok(sum) => self.outputs.lock().unwrap()[i] = Some(sum),
+            match w.read_file(&self.jobs[i as usize], &tx).and_then(|out| w.spill(out)) {
+                Ok(sum) => self.outputs.lock().unwrap()[i as usize] = sum,
                 Err(e) => self.fail(e),
             }
         }
@@ -326,9 +358,10 @@ impl Run<'_> {
 impl Worker<'_, '_> {
     fn read_file(&mut self, job: &FileJob, tx: &Sender<NewChunk>) -> Result<FileOut> {
         let run = self.run;
-        let path = &run.top.join(&job.rel);
+        let rel = run.dirs[job.dir as usize].join(OsStr::from_bytes(&job.name));
+        let path = &run.top.join(&rel);
         let _span = tracing::trace_span!("file", path = %path.display()).entered();
-        let f = as_client(run.creds, || source::open_beneath(run.top_fd.as_fd(), &job.rel))
+        let f = as_client(run.creds, || source::open_beneath(run.top_fd.as_fd(), &rel))
             .map_err(|e| changed(e, path.clone()))?;
         // The file opened must be the one the walk saw (not swapped since).
         if source::identity(&f).at(path)? != (job.dev, job.ino) {
@@ -507,17 +540,19 @@ impl Store {
             creds,
             public_only: src.public_only,
             jobs: Vec::new(),
+            dirs: Vec::new(),
             report: IngestReport::default(),
         };
         let root_node = tracing::info_span!("walk").in_scope(|| walker.dir(&top_fd, Path::new("")))?;
-        let Walker { jobs, mut report, .. } = walker;
+        let Walker { jobs, dirs, mut report, .. } = walker;
         tracing::debug!(files = jobs.len(), elapsed = ?t0.elapsed(), "walked");
         // Large files first, so that none is left for one worker at the end while the other
         // cores idle; the rest in walk order, so that a directory's small files sit together in
         // the packs (a cold read of a tree then reads packs nearly sequentially).
-        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        let mut order: Vec<u32> = (0..jobs.len() as u32).collect();
         order.sort_by_key(|&i| {
-            if jobs[i].size >= BIG_FILE { std::cmp::Reverse(jobs[i].size) } else { std::cmp::Reverse(0) }
+            let size = jobs[i as usize].size;
+            if size >= BIG_FILE { std::cmp::Reverse(size) } else { std::cmp::Reverse(0) }
         });
         let run = Run {
             store: self,
@@ -531,7 +566,8 @@ impl Store {
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             queued: Mutex::new(HashSet::new()),
-            outputs: Mutex::new((0..jobs.len()).map(|_| None).collect()),
+            outputs: Mutex::new(vec![(Digest([0; 32]), 0); jobs.len()]),
+            dirs: &dirs,
             packs: Mutex::new(Vec::new()),
         };
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -564,11 +600,13 @@ impl Store {
                 tracing::info_span!("files").in_scope(|| self.commit_spilled(spill, &mut c))?;
             }
         }
-        let outputs: Vec<FileSum> =
-            run.outputs.into_inner().unwrap().into_iter().map(|o| o.expect("every file read")).collect();
+        // Every job was read (a failure ended the ingest above), so every output is set.
+        let outputs = run.outputs.into_inner().unwrap();
         report.bytes = outputs.iter().map(|o| o.1).sum();
-        let (root, _) = tracing::info_span!("trees").in_scope(|| self.build_trees(root_node, &outputs, &mut c))?;
-        drop(outputs);
+        drop(dirs);
+        let trees = tracing::info_span!("trees");
+        let (root, _) = trees.in_scope(|| self.build_trees(root_node, &jobs, &outputs, &mut c))?;
+        drop((outputs, jobs));
         finish(self, &root, &mut c.batch)?;
         tracing::debug!(ops = c.ops + c.batch.len(), elapsed = ?t0.elapsed(), "committing the root");
         let ops = c.ops + c.batch.len();
@@ -615,18 +653,28 @@ impl Store {
     }
 
     /// Builds the trees bottom-up, adding the new ones to the batch.
-    fn build_trees(&self, node: Node, outputs: &[FileSum], c: &mut Committer<'_>) -> Result<(Digest, u64)> {
-        let Node::Dir(children) = node else { unreachable!("trees are built from directories") };
-        let mut entries = Vec::with_capacity(children.len());
+    fn build_trees(
+        &self,
+        node: Node,
+        jobs: &[FileJob],
+        outputs: &[FileSum],
+        c: &mut Committer<'_>,
+    ) -> Result<(Digest, u64)> {
+        let Node::Dir { files, entries: children } = node else { unreachable!("trees are built from directories") };
+        let mut entries = Vec::with_capacity(files.len() + children.len());
+        for job in files {
+            let (digest, size) = outputs[job as usize];
+            let j = &jobs[job as usize];
+            entries.push(Entry {
+                name: j.name.to_vec(),
+                kind: EntryKind::File { digest, size, executable: j.executable },
+            });
+        }
         for (name, child) in children {
             let kind = match child {
-                Node::Dir(_) => {
-                    let (digest, size) = self.build_trees(child, outputs, c)?;
+                Node::Dir { .. } => {
+                    let (digest, size) = self.build_trees(child, jobs, outputs, c)?;
                     EntryKind::Dir { digest, size }
-                }
-                Node::File { job, executable } => {
-                    let (digest, size) = outputs[job];
-                    EntryKind::File { digest, size, executable }
                 }
                 Node::Symlink(target) => EntryKind::Symlink { target },
             };
