@@ -6,9 +6,11 @@
 //! reaching the daemon (the kernel otherwise answers repeats itself). Every call is timed. A
 //! sampler records the daemon's RSS and open file descriptors every second.
 //!
-//! Prints per-class latency percentiles (first read of a file: from the packs; later reads:
-//! from the daemon's memory or the page cache; stats) and the RSS and fd series as JSON lines on
-//! stdout, a table on stderr.
+//! Reads fall in three classes: the first read of a file (from the packs); a re-read, after the
+//! kernel's caches were dropped, of a range this reader read before (from the daemon's memory:
+//! its chunk cache); any other read (a new range of a file seen before: packs or memory). Prints
+//! per-class latency percentiles and the RSS (anonymous and file-backed) and fd series as JSON
+//! lines on stdout, a table on stderr.
 //!
 //!     vorpalfs-load --tree DIR --pid DAEMON_PID [--readers 8] [--stats 2] [--seconds 600]
 
@@ -16,7 +18,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +58,7 @@ impl Rng {
 #[derive(Default)]
 struct Lat {
     first_read: Vec<u32>,
+    warm: Vec<u32>,
     read: Vec<u32>,
     stat: Vec<u32>,
     errors: u64,
@@ -71,15 +74,14 @@ fn pct(v: &mut [u32], p: f64) -> f64 {
     f64::from(v[i]) / 1000.0
 }
 
-fn status(pid: u32) -> (u64, u64) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
+/// The daemon's RSS, its anonymous part (KiB) and its open fds.
+fn status(pid: u32) -> (u64, u64, u64) {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        st.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
-    (rss, fds)
+    (kib("VmRSS:"), kib("RssAnon:"), fds)
 }
 
 fn main() {
@@ -97,33 +99,54 @@ fn main() {
     eprintln!("{} files under {}; {readers} readers, {stats} stat threads, {seconds} s", files.len(), tree.display());
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(HashSet::new()));
+    // Bumped each time the caches are dropped: a range read in an earlier epoch is no longer
+    // in the page cache, so its re-read reaches the daemon.
+    let epoch = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Lat::default()));
     let t0 = Instant::now();
     let mut handles = Vec::new();
     for r in 0..readers {
-        let (files, stop, seen, lat) = (files.clone(), stop.clone(), seen.clone(), lat.clone());
+        let (files, stop, seen, lat, epoch) = (files.clone(), stop.clone(), seen.clone(), lat.clone(), epoch.clone());
         handles.push(std::thread::spawn(move || {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (r as u64 + 1));
             let mut buf = vec![0u8; 128 << 10];
             let mut mine = Lat::default();
+            // This reader's recent reads (file, offset, epoch): every other read re-reads one
+            // of them once the caches were dropped since.
+            let mut recent: Vec<(usize, u64, u64)> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let i = rng.below(files.len());
-                let (path, size) = &files[i];
-                let off = if *size > buf.len() as u64 { rng.next() % (size - buf.len() as u64) } else { 0 };
-                let first = seen.lock().unwrap().insert(i);
+                let now = epoch.load(Ordering::Relaxed);
+                let again = rng.next().is_multiple_of(2);
+                let pick = recent.iter().position(|r| r.2 < now).filter(|_| again);
+                let (i, off, class) = match pick {
+                    Some(p) => {
+                        let (i, off, _) = recent.swap_remove(p);
+                        (i, off, 1)
+                    }
+                    None => {
+                        let i = rng.below(files.len());
+                        let size = files[i].1;
+                        let off = if size > buf.len() as u64 { rng.next() % (size - buf.len() as u64) } else { 0 };
+                        (i, off, if seen.lock().unwrap().insert(i) { 0 } else { 2 })
+                    }
+                };
                 let t = Instant::now();
-                let r = File::open(path).and_then(|f| f.read_at(&mut buf, off));
+                let r = File::open(&files[i].0).and_then(|f| f.read_at(&mut buf, off));
                 let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                 match r {
                     Ok(n) => {
                         mine.bytes += n as u64;
-                        if first { mine.first_read.push(us) } else { mine.read.push(us) }
+                        [&mut mine.first_read, &mut mine.warm, &mut mine.read][class].push(us);
+                        if class != 1 && recent.len() < 64 {
+                            recent.push((i, off, now));
+                        }
                     }
                     Err(_) => mine.errors += 1,
                 }
             }
             let mut l = lat.lock().unwrap();
             l.first_read.extend(mine.first_read);
+            l.warm.extend(mine.warm);
             l.read.extend(mine.read);
             l.errors += mine.errors;
             l.bytes += mine.bytes;
@@ -149,19 +172,23 @@ fn main() {
         }));
     }
     {
-        let stop = stop.clone();
+        let (stop, epoch) = (stop.clone(), epoch.clone());
         handles.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(drop_every));
                 let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+                epoch.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     let mut samples = Vec::new();
     while t0.elapsed() < Duration::from_secs(seconds) {
-        let (rss, fds) = status(pid);
-        samples.push((t0.elapsed().as_secs(), rss, fds));
-        println!(r#"{{"t":{},"daemon_rss_kib":{rss},"daemon_fds":{fds}}}"#, t0.elapsed().as_secs());
+        let (rss, anon, fds) = status(pid);
+        samples.push((t0.elapsed().as_secs(), rss, anon, fds));
+        println!(
+            r#"{{"t":{},"daemon_rss_kib":{rss},"daemon_rss_anon_kib":{anon},"daemon_fds":{fds}}}"#,
+            t0.elapsed().as_secs()
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     stop.store(true, Ordering::Relaxed);
@@ -170,7 +197,7 @@ fn main() {
     }
     let secs = t0.elapsed().as_secs_f64();
     let mut l = lat.lock().unwrap();
-    let reads = l.first_read.len() + l.read.len();
+    let reads = l.first_read.len() + l.warm.len() + l.read.len();
     eprintln!(
         "{reads} reads ({:.0}/s, {:.0} MB/s), {} stats ({:.0}/s), {} errors",
         reads as f64 / secs,
@@ -181,8 +208,14 @@ fn main() {
     );
     eprintln!("{:<28} {:>8} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "p50", "p95", "p99", "max");
     let errors = l.errors;
-    let Lat { first_read, read, stat, .. } = &mut *l;
-    for (name, v) in [("first read of a file", first_read), ("read 128 KiB", read), ("lstat", stat)] {
+    let Lat { first_read, warm, read, stat, .. } = &mut *l;
+    let classes = [
+        ("first read of a file", first_read),
+        ("warm re-read 128 KiB", warm),
+        ("other read 128 KiB", read),
+        ("lstat", stat),
+    ];
+    for (name, v) in classes {
         let (p50, p95, p99, max) = (pct(v, 0.5), pct(v, 0.95), pct(v, 0.99), pct(v, 1.0));
         eprintln!("{name:<28} {:>8} {p50:>9.3} {p95:>9.3} {p99:>9.3} {max:>9.3}", v.len());
         let key = name.replace(' ', "_");
@@ -194,17 +227,24 @@ fn main() {
     // RSS after the first minute (caches warm) against the end: growth means a leak.
     let warm = samples.iter().find(|s| s.0 >= 60).or(samples.first()).copied().unwrap_or_default();
     let last = samples.last().copied().unwrap_or_default();
-    let max_fds = samples.iter().map(|s| s.2).max().unwrap_or(0);
+    // And half way: a cache still filling grows early and stops; a leak keeps growing.
+    let half = samples.get(samples.len() / 2).copied().unwrap_or_default();
+    let max_fds = samples.iter().map(|s| s.3).max().unwrap_or(0);
     eprintln!(
-        "daemon RSS: {} MiB at {} s, {} MiB at the end ({} s); open fds at most {max_fds}, {} at the end",
+        "daemon RSS: {} MiB ({} anonymous) at {} s, {} MiB ({} anonymous) at {} s, {} MiB ({} anonymous) at the end ({} s); open fds at most {max_fds}, {} at the end",
         warm.1 / 1024,
+        warm.2 / 1024,
         warm.0,
+        half.1 / 1024,
+        half.2 / 1024,
+        half.0,
         last.1 / 1024,
+        last.2 / 1024,
         last.0,
-        last.2
+        last.3
     );
     println!(
-        r#"{{"summary":true,"seconds":{secs:.1},"reads":{reads},"errors":{errors},"rss_warm_kib":{},"rss_end_kib":{},"fds_max":{max_fds},"fds_end":{}}}"#,
-        warm.1, last.1, last.2
+        r#"{{"summary":true,"seconds":{secs:.1},"reads":{reads},"errors":{errors},"rss_warm_kib":{},"rss_end_kib":{},"anon_warm_kib":{},"anon_end_kib":{},"rss_half_kib":{},"anon_half_kib":{},"fds_max":{max_fds},"fds_end":{}}}"#,
+        warm.1, last.1, warm.2, last.2, half.1, half.2, last.3
     );
 }

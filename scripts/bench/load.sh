@@ -45,13 +45,17 @@ import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     if "class" in r:
-        for p in ("p50_ms", "p99_ms", "max_ms"):
+        for p in ("p50_ms", "p95_ms", "p99_ms", "max_ms"):
             print(f"{r['class']}_{p[:-3]} {r[p]} ms")
     if r.get("summary"):
         print(f"reads_per_second {r['reads'] / r['seconds']:.0f} per_s")
         print(f"errors {r['errors']} count")
         print(f"rss_after_first_minute {r['rss_warm_kib'] // 1024} MiB")
+        print(f"rss_half_way {r['rss_half_kib'] // 1024} MiB")
         print(f"rss_at_end {r['rss_end_kib'] // 1024} MiB")
+        print(f"rss_anon_after_first_minute {r['anon_warm_kib'] // 1024} MiB")
+        print(f"rss_anon_half_way {r['anon_half_kib'] // 1024} MiB")
+        print(f"rss_anon_at_end {r['anon_end_kib'] // 1024} MiB")
         print(f"fds_max {r['fds_max']} count")
 PY
 while read -r metric value unit; do record load "$metric" "$value" "$unit"; done < "$work/figures"
