@@ -2,7 +2,7 @@
 # Huge directories: one directory of N entries (default 100,000 empty files) listed through the
 # mount and natively from disk, side by side in one run:
 #   cold listing (caches dropped, mount fresh) with 4 KiB getdents buffers (ls -f) and with
-#   32-byte ones (one entry per call: every call resumes at an offset);
+#   64-byte ones (one entry of these names per call: every call resumes at an offset);
 #   warm listing (the kernel's cached directory);
 #   cold `ls -l` (readdirplus, a stat and the xattr probes of ls for every entry).
 #
@@ -37,17 +37,17 @@ measure() { # name dir fresh-fn
   local name=$1 dir=$2 fresh=$3
   $fresh; drop; fig[$name.cold_4k]=$(timed "$list" "$dir" 4096)
   fig[$name.warm_4k]=$(timed "$list" "$dir" 4096)
-  $fresh; drop; fig[$name.cold_32b]=$(timed "$list" "$dir" 32)
+  $fresh; drop; fig[$name.cold_64b]=$(timed "$list" "$dir" 64)
   $fresh; drop; fig[$name.cold_ls_l]=$(timed ls -l "$dir")
 }
 native_fresh() { :; }
 vorpal_fresh() { umount_v; mount_v; }
 measure native "$work/src/big" native_fresh
 measure vorpalfs "$work/vmnt/$digest/big" vorpal_fresh
-[ "$("$list" "$work/vmnt/$digest/big" 32)" = "$((n + 2))" ] || { echo "dirs: wrong entry count" >&2; exit 1; }
+[ "$("$list" "$work/vmnt/$digest/big" 64)" = "$((n + 2))" ] || { echo "dirs: wrong entry count" >&2; exit 1; }
 
 printf '%-14s %10s %10s %10s\n' "$n entries" native vorpalfs "x native"
-for f in cold_4k warm_4k cold_32b cold_ls_l; do
+for f in cold_4k warm_4k cold_64b cold_ls_l; do
   r=$(awk -v a="${fig[vorpalfs.$f]}" -v b="${fig[native.$f]}" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
   printf '%-14s %10s %10s %10s\n' "$f" "${fig[native.$f]}" "${fig[vorpalfs.$f]}" "$r"
   record dirs "native_$f" "${fig[native.$f]}" s
