@@ -54,6 +54,14 @@ impl Rng {
     }
 }
 
+/// What a timed read was (see the top of this file).
+#[derive(Clone, Copy, PartialEq)]
+enum Class {
+    First,
+    Warm,
+    Other,
+}
+
 /// Latencies in microseconds, by class.
 #[derive(Default)]
 struct Lat {
@@ -121,13 +129,13 @@ fn main() {
                 let (i, off, class) = match pick {
                     Some(p) => {
                         let (i, off, _) = recent.swap_remove(p);
-                        (i, off, 1)
+                        (i, off, Class::Warm)
                     }
                     None => {
                         let i = rng.below(files.len());
                         let size = files[i].1;
                         let off = if size > buf.len() as u64 { rng.next() % (size - buf.len() as u64) } else { 0 };
-                        (i, off, if seen.lock().unwrap().insert(i) { 0 } else { 2 })
+                        (i, off, if seen.lock().unwrap().insert(i) { Class::First } else { Class::Other })
                     }
                 };
                 let t = Instant::now();
@@ -136,8 +144,12 @@ fn main() {
                 match r {
                     Ok(n) => {
                         mine.bytes += n as u64;
-                        [&mut mine.first_read, &mut mine.warm, &mut mine.read][class].push(us);
-                        if class != 1 && recent.len() < 64 {
+                        match class {
+                            Class::First => mine.first_read.push(us),
+                            Class::Warm => mine.warm.push(us),
+                            Class::Other => mine.read.push(us),
+                        }
+                        if class != Class::Warm && recent.len() < 64 {
                             recent.push((i, off, now));
                         }
                     }

@@ -95,11 +95,16 @@ fn completions_mention_the_subcommands() {
 }
 
 /// `doctor --json`: (exit success, the checks by name → (status, message)).
-fn doctor(env: &Env, extra: &[&str]) -> (bool, Vec<(String, String, String)>, String) {
+/// `--json EXTRA... doctor`.
+fn doctor_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--json"];
     args.extend_from_slice(extra);
     args.push("doctor");
-    parse_doctor(env.run(&args))
+    args
+}
+
+fn doctor(env: &Env, extra: &[&str]) -> (bool, Vec<(String, String, String)>, String) {
+    parse_doctor(env.run(doctor_args(extra)))
 }
 
 fn parse_doctor(r: Run) -> (bool, Vec<(String, String, String)>, String) {
@@ -134,16 +139,17 @@ fn add_a_root(env: &Env) {
     env.add(&d);
 }
 
-fn healthy(env: &Env) -> Vec<String> {
-    vec!["--mountpoint".into(), env.path("mnt").display().to_string()]
+/// A free mountpoint of this env: with it, doctor finds nothing broken.
+fn free_mountpoint(env: &Env) -> String {
+    env.path("mnt").display().to_string()
 }
 
 #[test]
 fn doctor_passes_on_a_healthy_setup_and_names_each_broken_thing() {
     let env = Env::new();
     add_a_root(&env);
-    let args = healthy(&env);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mnt = free_mountpoint(&env);
+    let args = ["--mountpoint", mnt.as_str()];
     let (success, checks, out) = doctor(&env, &args);
     assert!(success, "{out}");
     for c in ["fuse", "mountpoint", "namespaces", "store", "disk", "daemon"] {
@@ -194,10 +200,7 @@ type Binds<'a> = &'a [(&'a Path, &'a str)];
 /// `doctor --json` in a private mount namespace where each `(file, over)` is bind-mounted
 /// read-only over the path `over` first: a broken host, for doctor alone.
 fn doctor_on_a_host_with(env: &Env, extra: &[&str], binds: Binds) -> (bool, Vec<(String, String, String)>, String) {
-    let mut args = vec!["--json"];
-    args.extend_from_slice(extra);
-    args.push("doctor");
-    let inner = env.cmd(&args);
+    let inner = env.cmd(doctor_args(extra));
     let script: String =
         binds.iter().map(|(f, over)| format!("mount --bind -o ro '{}' '{over}' && ", f.display())).collect();
     let mut c = std::process::Command::new("unshare");
@@ -215,8 +218,8 @@ fn doctor_on_a_host_with(env: &Env, extra: &[&str], binds: Binds) -> (bool, Vec<
 #[test]
 fn doctor_names_a_host_without_fuse_namespaces_or_build_users() {
     let env = Env::new();
-    let args = healthy(&env);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mnt = free_mountpoint(&env);
+    let args = ["--mountpoint", mnt.as_str()];
     let empty = env.path("empty");
     write(&empty, b"");
     let zero = env.path("zero");
@@ -245,8 +248,8 @@ fn doctor_names_a_host_without_fuse_namespaces_or_build_users() {
 fn doctor_names_a_store_it_cannot_use_a_dead_daemon_and_a_full_budget() {
     let env = Env::new();
     add_a_root(&env);
-    let args = healthy(&env);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mnt = free_mountpoint(&env);
+    let args = ["--mountpoint", mnt.as_str()];
 
     // A store of another user.
     std::os::unix::fs::chown(&env.store, Some(65534), Some(65534)).unwrap();
@@ -273,7 +276,7 @@ fn doctor_names_a_store_it_cannot_use_a_dead_daemon_and_a_full_budget() {
     write(&file, b"");
     let mut other = Env::new();
     other.store = file;
-    assert_fails(&other, &healthy(&other).iter().map(String::as_str).collect::<Vec<_>>(), "store");
+    assert_fails(&other, &["--mountpoint", &free_mountpoint(&other)], "store");
 }
 
 #[test]

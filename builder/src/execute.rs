@@ -71,9 +71,7 @@ impl Config {
             bind_view: false,
         }
     }
-}
 
-impl Config {
     /// Where a root daemon binds its view of the mount for the sandboxes (a daemon killed
     /// before detaching it leaves it behind, on a dead connection).
     pub fn view_dir(&self) -> PathBuf {

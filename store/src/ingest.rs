@@ -201,7 +201,9 @@ impl Walker<'_> {
                 libc::S_IFDIR => subdirs.push((name, (st.st_dev, st.st_ino))),
                 libc::S_IFREG => {
                     self.report.files += 1;
-                    u32::try_from(self.jobs.len() + 1).map_err(|_| too_many(path()))?;
+                    if self.jobs.len() >= u32::MAX as usize {
+                        return Err(too_many(path()));
+                    }
                     self.jobs.push(FileJob {
                         dir: dir_index,
                         executable: st.st_mode & 0o111 != 0,
