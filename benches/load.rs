@@ -8,7 +8,9 @@
 //!
 //! Reads fall in three classes: the first read of a file (from the packs); a re-read, after the
 //! kernel's caches were dropped, of a range this reader read before (from the daemon's memory:
-//! its chunk cache); any other read (a new range of a file seen before: packs or memory). Prints
+//! its chunk cache); any other read (a new range of a file seen before: packs or memory). The
+//! `open` before each read is timed on its own (after a drop it walks the path, a lookup round
+//! trip per component), so read latencies are of the read alone. Prints
 //! per-class latency percentiles and the RSS (anonymous and file-backed) and fd series as JSON
 //! lines on stdout, a table on stderr.
 //!
@@ -68,6 +70,7 @@ struct Lat {
     first_read: Vec<u32>,
     warm: Vec<u32>,
     read: Vec<u32>,
+    open: Vec<u32>,
     stat: Vec<u32>,
     errors: u64,
     bytes: u64,
@@ -80,6 +83,10 @@ fn pct(v: &mut [u32], p: f64) -> f64 {
     v.sort_unstable();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     f64::from(v[i]) / 1000.0
+}
+
+fn micros(since: Instant) -> u32 {
+    since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
 }
 
 /// The daemon's RSS, its anonymous part (KiB) and its open fds.
@@ -138,9 +145,20 @@ fn main() {
                         (i, off, if seen.lock().unwrap().insert(i) { Class::First } else { Class::Other })
                     }
                 };
+                // The open (a path walk: after a drop, a lookup round trip per component) and
+                // the read are timed apart: the read targets are for the read.
                 let t = Instant::now();
-                let r = File::open(&files[i].0).and_then(|f| f.read_at(&mut buf, off));
-                let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                let f = match File::open(&files[i].0) {
+                    Ok(f) => f,
+                    Err(_) => {
+                        mine.errors += 1;
+                        continue;
+                    }
+                };
+                mine.open.push(micros(t));
+                let t = Instant::now();
+                let r = f.read_at(&mut buf, off);
+                let us = micros(t);
                 match r {
                     Ok(n) => {
                         mine.bytes += n as u64;
@@ -160,6 +178,7 @@ fn main() {
             l.first_read.extend(mine.first_read);
             l.warm.extend(mine.warm);
             l.read.extend(mine.read);
+            l.open.extend(mine.open);
             l.errors += mine.errors;
             l.bytes += mine.bytes;
         }));
@@ -174,7 +193,7 @@ fn main() {
                 let (path, _) = &files[rng.below(files.len())];
                 let t = Instant::now();
                 match std::fs::symlink_metadata(path) {
-                    Ok(_) => mine.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                    Ok(_) => mine.push(micros(t)),
                     Err(_) => errors += 1,
                 }
             }
@@ -220,11 +239,12 @@ fn main() {
     );
     eprintln!("{:<28} {:>8} {:>9} {:>9} {:>9} {:>9}", "latency (ms)", "count", "p50", "p95", "p99", "max");
     let errors = l.errors;
-    let Lat { first_read, warm, read, stat, .. } = &mut *l;
+    let Lat { first_read, warm, read, open, stat, .. } = &mut *l;
     let classes = [
         ("first read of a file", first_read),
         ("warm re-read 128 KiB", warm),
         ("other read 128 KiB", read),
+        ("open before a read", open),
         ("lstat", stat),
     ];
     for (name, v) in classes {

@@ -462,3 +462,69 @@ fn a_name_longer_than_255_bytes_is_enametoolong_and_ioctls_are_enotty_quietly() 
     let line = info.lines().find(|l| l.split(' ').nth(4) == Some(m.dir.to_str().unwrap())).unwrap();
     assert!(line.contains(" vorpalfs "), "{line}");
 }
+
+/// Where `fd` has data, by `SEEK_DATA`/`SEEK_HOLE`: `[start, end)` ranges.
+fn data_ranges(f: &fs::File, size: u64) -> Vec<(u64, u64)> {
+    use std::os::unix::io::AsRawFd;
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    loop {
+        // SAFETY: a valid descriptor; lseek only moves its offset.
+        let start = unsafe { libc::lseek(f.as_raw_fd(), at, libc::SEEK_DATA) };
+        if start < 0 {
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO));
+            return out;
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(f.as_raw_fd(), start, libc::SEEK_HOLE) };
+        assert!(end > start && end as u64 <= size, "hole at {end} after data at {start}");
+        out.push((start as u64, end as u64));
+        if end as u64 == size {
+            return out;
+        }
+        at = end;
+    }
+}
+
+#[test]
+fn a_sparse_file_reads_whole_reports_its_holes_and_copies_out_sparse() {
+    let env = Env::new();
+    let src = env.path("src");
+    // 1 MiB of data, a 20 MiB hole, 1 MiB of data, a 12 MiB hole to the end.
+    const M: usize = 1 << 20;
+    let mut data = vec![0u8; 34 * M];
+    data[..M].copy_from_slice(&random_bytes(M, 5));
+    data[21 * M..22 * M].copy_from_slice(&random_bytes(M, 6));
+    write(&src.join("disk.img"), &data);
+    let digest = env.add(&src);
+    let m = env.mount();
+    let path = m.path(&digest).join("disk.img");
+
+    assert_eq!(fs::read(&path).unwrap(), data, "the bytes, holes included");
+    // Holes are whole 4 MiB chunks of zeros: of 32 MiB of zeros at least 32 - 3*4 are reported.
+    let meta = fs::metadata(&path).unwrap();
+    let allocated = meta.blocks() * 512;
+    assert!(allocated >= 2 * M as u64 && allocated <= 14 * M as u64, "st_blocks {} of {}", meta.blocks(), data.len());
+    let f = fs::File::open(&path).unwrap();
+    let ranges = data_ranges(&f, data.len() as u64);
+    let in_data = |i: usize| ranges.iter().any(|&(s, e)| (s..e).contains(&(i as u64)));
+    assert!(ranges.iter().map(|(s, e)| e - s).sum::<u64>() == allocated, "{ranges:?} against st_blocks");
+    assert!(in_data(0) && in_data(22 * M - 1), "{ranges:?}");
+    assert!(data.iter().enumerate().all(|(i, &b)| b == 0 || in_data(i)), "data reported as a hole: {ranges:?}");
+    // The trailing zeros are a hole but for a short last chunk (a hole is a whole 4 MiB chunk).
+    assert!(!(26 * M..30 * M).any(in_data), "the trailing zeros are a hole: {ranges:?}");
+
+    // cp keeps it sparse (it walks SEEK_DATA/SEEK_HOLE when st_blocks shows holes).
+    let copy = env.path("copy.img");
+    let out = Command::new("cp").arg(&path).arg(&copy).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(&copy).unwrap(), data);
+    let copied = fs::metadata(&copy).unwrap().blocks() * 512;
+    assert!(copied <= 14 * M as u64, "the copy takes {copied} bytes");
+    // A file without holes is all data.
+    write(&src.join("dense"), &random_bytes(6 * M, 7));
+    let dense = env.add(&src);
+    let p = m.path(&dense).join("dense");
+    assert_eq!(fs::metadata(&p).unwrap().blocks() * 512, 6 * M as u64);
+    assert_eq!(data_ranges(&fs::File::open(&p).unwrap(), 6 * M as u64), vec![(0, 6 * M as u64)]);
+}

@@ -229,6 +229,23 @@ impl StoreFs {
         errno(e)
     }
 
+    /// [`attr`], with `st_blocks` counting only a file's data, not its holes (all-zero chunks:
+    /// see `ChunkRef::is_zero`), so `du` and `cp` see a sparse file as sparse. Only files that
+    /// can hold a hole (at least one maximal chunk long) cost a look at their record.
+    fn attr_of(&self, ino: u64, kind: &Kind) -> FileAttr {
+        let mut a = attr(ino, kind);
+        if let Kind::File { digest, size, .. } = kind
+            && *size >= vorpalfs_store::model::chunker::MAX_SIZE as u64
+        {
+            match self.store.file(digest) {
+                Ok(rec) => a.blocks = rec.allocated().div_ceil(512),
+                // The read reports it, naming the file; the size is the honest fallback here.
+                Err(e) => tracing::debug!(%digest, "no file record for st_blocks: {e}"),
+            }
+        }
+        a
+    }
+
     fn xattr_value(&self, ino: INodeNo) -> Option<String> {
         match self.kind(ino)? {
             Kind::Dir { digest, .. } | Kind::File { digest, .. } => Some(digest.to_hex()),
@@ -281,7 +298,7 @@ impl Filesystem for StoreFs {
         match self.child(&pk, name.as_bytes()) {
             Ok(Some(kind)) => {
                 let ino = self.remember(u64::from(parent), name.as_bytes(), &kind);
-                reply.entry(&TTL, &attr(ino, &kind), Generation(0));
+                reply.entry(&TTL, &self.attr_of(ino, &kind), Generation(0));
             }
             // Not here: a top-level name may be in S3. Asked on the I/O runtime, never on this
             // thread: a slow or silent S3 must not hold up the mount for everyone.
@@ -305,7 +322,7 @@ impl Filesystem for StoreFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = tracing::trace_span!("fuse.getattr").entered();
         match self.kind(ino) {
-            Some(k) => reply.attr(&TTL, &attr(u64::from(ino), &k)),
+            Some(k) => reply.attr(&TTL, &self.attr_of(u64::from(ino), &k)),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -381,6 +398,28 @@ impl Filesystem for StoreFs {
         });
     }
 
+    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other kinds itself): holes are a
+    /// file's all-zero chunks, so `cp` and `tar --sparse` copy a sparse file out as sparse.
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+        let Some(Kind::File { digest, .. }) = self.kind(ino) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let rec = match self.store.file(&digest) {
+            Ok(r) => r,
+            Err(e) => return reply.error(self.fail(u64::from(ino), "lseek", &e)),
+        };
+        let Ok(offset) = u64::try_from(offset) else { return reply.error(Errno::ENXIO) };
+        let found = match whence {
+            libc::SEEK_DATA => rec.seek_data(offset),
+            libc::SEEK_HOLE => rec.seek_hole(offset),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match found {
+            Some(o) => reply.offset(o as i64),
+            None => reply.error(Errno::ENXIO),
+        }
+    }
+
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // As for files: no OPENDIR round trips, and listings cached (FOPEN_CACHE_DIR). The top
         // level's cached listing is invalidated when a root is published or removed.
@@ -449,7 +488,7 @@ impl Filesystem for StoreFs {
                         i + 1,
                         OsStr::from_bytes(&name),
                         &TTL,
-                        &attr(child, &k),
+                        &self.attr_of(child, &k),
                         Generation(0),
                     );
                     if !full {

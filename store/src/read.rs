@@ -155,9 +155,10 @@ impl Store {
         }
     }
 
-    /// A chunk's bytes if they are in the memory cache.
+    /// A chunk's bytes if they are in the memory cache (or are the all-zero chunk).
     pub(crate) fn chunk_cached(&self, id: &Digest) -> Option<Bytes> {
-        let c = self.chunks.get(id);
+        // A hole reads as zeros from a static buffer: nothing to cache, read or fetch.
+        let c = crate::model::records::zero_chunk_bytes(id).or_else(|| self.chunks.get(id));
         if c.is_some() {
             self.read.hits.fetch_add(1, Ordering::Relaxed);
         }

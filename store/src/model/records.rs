@@ -13,6 +13,30 @@ pub struct ChunkRef {
     pub id: Digest,
 }
 
+/// Zeros as long as the longest chunk: what an all-zero chunk reads as.
+static ZEROS: [u8; crate::model::chunker::MAX_SIZE] = [0; crate::model::chunker::MAX_SIZE];
+
+/// The digest of a chunk of [`MAX_SIZE`](crate::model::chunker::MAX_SIZE) zeros: the chunker
+/// cuts a run of zeros into such chunks (it finds no cut point in it), so a file's holes, and
+/// any long run of zeros, are made of them.
+fn zero_chunk() -> &'static Digest {
+    static ID: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
+    ID.get_or_init(|| Digest::of(Kind::Chunk, &ZEROS))
+}
+
+impl ChunkRef {
+    /// Whether this chunk is all zeros (a hole): a run of zeros the chunker cut, recognised by
+    /// its digest. A shorter zero chunk (where a run meets data, or a file's tail) counts as data.
+    pub fn is_zero(&self) -> bool {
+        self.len as usize == ZEROS.len() && self.id == *zero_chunk()
+    }
+}
+
+/// The bytes of chunk `id` if it is the all-zero chunk: they need no cache, pack or GET.
+pub fn zero_chunk_bytes(id: &Digest) -> Option<bytes::Bytes> {
+    (id == zero_chunk()).then(|| bytes::Bytes::from_static(&ZEROS))
+}
+
 /// A regular file's content: its size and ordered chunks.
 /// Encoding: `size:u64 count:u32 (len:u32 id:[u8;32])*`; offsets are the running sum of lengths.
 /// The file's digest is the [`Kind::File`] hash of this encoding, checked whenever it is decoded.
@@ -72,6 +96,32 @@ impl FileRecord {
     /// Index of the chunk covering byte `offset` (which must be below `size`).
     pub fn chunk_at(&self, offset: u64) -> usize {
         self.chunks.partition_point(|c| c.offset + u64::from(c.len) <= offset)
+    }
+
+    /// Bytes not in holes: what `st_blocks` counts (see [`ChunkRef::is_zero`]).
+    pub fn allocated(&self) -> u64 {
+        self.chunks.iter().filter(|c| !c.is_zero()).map(|c| u64::from(c.len)).sum()
+    }
+
+    /// `lseek(SEEK_DATA)`: the first offset at or after `offset` that is not in a hole; `None`
+    /// (ENXIO) at or past the end, or when only holes follow.
+    pub fn seek_data(&self, offset: u64) -> Option<u64> {
+        if offset >= self.size {
+            return None;
+        }
+        let i = self.chunk_at(offset);
+        let c = self.chunks[i..].iter().find(|c| !c.is_zero())?;
+        Some(c.offset.max(offset))
+    }
+
+    /// `lseek(SEEK_HOLE)`: the first offset at or after `offset` that is in a hole, the end of
+    /// the file counting as one; `None` (ENXIO) at or past the end.
+    pub fn seek_hole(&self, offset: u64) -> Option<u64> {
+        if offset >= self.size {
+            return None;
+        }
+        let i = self.chunk_at(offset);
+        Some(self.chunks[i..].iter().find(|c| c.is_zero()).map_or(self.size, |c| c.offset.max(offset)))
     }
 }
 
@@ -189,6 +239,42 @@ impl<P: PackName> Location<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holes_are_the_all_zero_chunks_and_seek_data_and_hole_walk_them() {
+        const M: u32 = crate::model::chunker::MAX_SIZE as u32;
+        let zero = *zero_chunk();
+        let data = Digest([7; 32]);
+        let c = |offset: u64, len: u32, id: Digest| ChunkRef { offset, len, id };
+        // data 100 | hole M | hole M | data 50 | zeros of another length (data) 10
+        let m = u64::from(M);
+        let f = FileRecord {
+            size: 160 + 2 * m,
+            chunks: vec![
+                c(0, 100, data),
+                c(100, M, zero),
+                c(100 + m, M, zero),
+                c(100 + 2 * m, 50, data),
+                c(150 + 2 * m, 10, Digest::of(Kind::Chunk, &[0; 10])),
+            ],
+        };
+        assert_eq!(f.allocated(), 160);
+        assert_eq!(f.seek_data(0), Some(0));
+        assert_eq!(f.seek_data(99), Some(99));
+        assert_eq!(f.seek_data(100), Some(100 + 2 * m));
+        assert_eq!(f.seek_data(100 + m + 5), Some(100 + 2 * m));
+        assert_eq!(f.seek_data(f.size - 1), Some(f.size - 1));
+        assert_eq!(f.seek_data(f.size), None);
+        assert_eq!(f.seek_hole(0), Some(100));
+        assert_eq!(f.seek_hole(100 + m), Some(100 + m));
+        assert_eq!(f.seek_hole(100 + 2 * m), Some(f.size));
+        assert_eq!(f.seek_hole(f.size), None);
+        let trailing = FileRecord { size: 10 + m, chunks: vec![c(0, 10, data), c(10, M, zero)] };
+        assert_eq!(trailing.seek_data(10), None);
+        assert_eq!(trailing.seek_hole(3), Some(10));
+        assert_eq!(zero_chunk_bytes(&zero).map(|b| b.len()), Some(M as usize));
+        assert!(zero_chunk_bytes(&data).is_none());
+    }
 
     #[test]
     fn file_record_round_trip_and_lookup() {
