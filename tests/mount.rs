@@ -528,3 +528,30 @@ fn a_sparse_file_reads_whole_reports_its_holes_and_copies_out_sparse() {
     assert_eq!(fs::metadata(&p).unwrap().blocks() * 512, 6 * M as u64);
     assert_eq!(data_ranges(&fs::File::open(&p).unwrap(), 6 * M as u64), vec![(0, 6 * M as u64)]);
 }
+
+#[test]
+fn no_xattrs_mounts_without_extended_attributes_and_lists_and_reads_as_before() {
+    let env = Env::new();
+    let src = env.path("src");
+    for i in 0..200 {
+        write(&src.join(format!("d/f{i:03}")), format!("{i}\n").as_bytes());
+    }
+    let digest = env.add(&src);
+    let m = env.mount_with(&env.path("mnt"), &["--no-xattrs"]);
+    let dir = m.path(&digest).join("d");
+    // The daemon answers ENOSYS, after which the kernel answers every getxattr itself with
+    // EOPNOTSUPP (scripts/bench/dirs.sh measures the round trips this saves on `ls -l`).
+    let probe = CString::new(dir.join("f000").as_os_str().as_bytes()).unwrap();
+    let name = CString::new("user.vorpalfs.digest").unwrap();
+    for _ in 0..2 {
+        // SAFETY: valid C strings; a null buffer of size 0 asks only for the value's length.
+        let rc = unsafe { libc::getxattr(probe.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(rc, -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EOPNOTSUPP));
+    }
+    let out = Command::new("ls").arg("-l").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-r--r--r--")).count(), 200);
+    // Everything else is as with attributes on.
+    assert_eq!(fs::read(dir.join("f123")).unwrap(), b"123\n");
+}

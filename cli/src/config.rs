@@ -78,6 +78,8 @@ pub struct File {
     pub signing_key: Option<PathBuf>,
     pub trusted_keys: Option<Keys>,
     pub trust_unsigned: Option<bool>,
+    /// `false`: mount without extended attributes (`--no-xattrs`).
+    pub xattrs: Option<bool>,
     /// `mount --threads`
     pub threads: Option<usize>,
     /// `build --jobs`

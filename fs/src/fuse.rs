@@ -52,6 +52,7 @@ pub(crate) struct StoreFs {
     rt: tokio::runtime::Handle,
     slots: Arc<tokio::sync::Semaphore>,
     stats: Arc<FsStats>,
+    xattrs: bool,
 }
 
 fn attr(ino: u64, kind: &Kind) -> FileAttr {
@@ -140,13 +141,19 @@ impl Listing {
 }
 
 impl StoreFs {
-    pub(crate) fn new(store: Arc<Store>, rt: tokio::runtime::Handle, max_inflight: usize, stats: Arc<FsStats>) -> Self {
+    pub(crate) fn new(
+        store: Arc<Store>,
+        rt: tokio::runtime::Handle,
+        opts: &crate::MountOptions,
+        stats: Arc<FsStats>,
+    ) -> Self {
         StoreFs {
             store,
             inodes: Arc::new(Mutex::new(Inodes::default())),
             rt,
-            slots: Arc::new(tokio::sync::Semaphore::new(max_inflight.max(1))),
+            slots: Arc::new(tokio::sync::Semaphore::new(opts.max_inflight.max(1))),
             stats,
+            xattrs: opts.xattrs,
         }
     }
 
@@ -512,6 +519,10 @@ impl Filesystem for StoreFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = tracing::trace_span!("fuse.getxattr").entered();
+        if !self.xattrs {
+            // The kernel remembers ENOSYS and sends no more getxattr requests on this mount.
+            return reply.error(Errno::ENOSYS);
+        }
         // `ls -l` asks for `security.selinux` and `system.posix_acl_access` of every entry: the
         // name is checked first, so those cost the daemon nothing but the reply.
         if name.as_bytes() != DIGEST_XATTR.as_bytes() {
@@ -525,6 +536,9 @@ impl Filesystem for StoreFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _span = tracing::trace_span!("fuse.listxattr").entered();
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let list = match self.xattr_value(ino) {
             Some(_) => format!("{DIGEST_XATTR}\0"),
             None => String::new(),

@@ -28,12 +28,15 @@ pub struct MountOptions {
     pub threads: usize,
     /// Reads waiting on chunk fetches at once.
     pub max_inflight: usize,
+    /// Answer extended attribute requests. `false` answers the first with `ENOSYS`, after which
+    /// the kernel asks no more (no `user.vorpalfs.digest`, no per-inode `getxattr` round trips).
+    pub xattrs: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        MountOptions { threads: (2 * cores).clamp(4, 16), max_inflight: 64 }
+        MountOptions { threads: (2 * cores).clamp(4, 16), max_inflight: 64, xattrs: true }
     }
 }
 
@@ -144,7 +147,7 @@ pub fn mount(
 ) -> Result<Mounted, FsError> {
     prepare(mountpoint)?;
     let stats = Arc::new(FsStats::default());
-    let fs = StoreFs::new(store, rt, opts.max_inflight, stats.clone());
+    let fs = StoreFs::new(store, rt, opts, stats.clone());
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("vorpalfs".into()),

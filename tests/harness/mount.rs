@@ -22,10 +22,15 @@ impl Env {
     }
 
     pub fn mount_at(&self, dir: &Path) -> Mount {
+        self.mount_with(dir, &[])
+    }
+
+    /// [`Env::mount_at`] with `flags` before the subcommand (global options).
+    pub fn mount_with(&self, dir: &Path, flags: &[&str]) -> Mount {
         let log = self.path("daemon-test.log");
         let logf = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = self
-            .cmd([OsStr::new("mount"), OsStr::new("--foreground"), dir.as_os_str()])
+            .cmd(flags.iter().map(OsStr::new).chain([OsStr::new("mount"), OsStr::new("--foreground"), dir.as_os_str()]))
             .env("RUST_LOG", "info,fuser=warn")
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

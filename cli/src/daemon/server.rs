@@ -48,7 +48,7 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
     let mut opts = settings.store_options()?;
     opts.runtime = Some(rt.handle().clone());
     let store = Arc::new(Store::open_with(&settings.store_dir, opts)?);
-    let mut mopts = MountOptions::default();
+    let mut mopts = MountOptions { xattrs: settings.xattrs, ..MountOptions::default() };
     if let Some(t) = threads {
         mopts.threads = t.max(1);
     }
