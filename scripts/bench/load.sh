@@ -8,6 +8,7 @@
 # p99 of a 128 KiB read served from memory under 1 ms; RSS flat after the first minute.
 #
 #   scripts/bench/load.sh [TREE]      DURATION=600 READERS=8 STATS=2 BUILDS=2 (seconds; needs root)
+#                                     SERIES=FILE keeps the per-second RSS/fd series (JSON lines)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/record.sh
@@ -38,6 +39,7 @@ done
 echo "load: $readers readers, $stats stat threads, $builds build loops, $seconds s against $tree" >&2
 "$L" --tree "$work/mnt/$digest" --pid "$pid" --readers "$readers" --stats "$stats" --seconds "$seconds" > "$work/load.jsonl"
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+[ -z "${SERIES:-}" ] || cp "$work/load.jsonl" "$SERIES"
 built=0; for b in $(seq "$builds"); do built=$((built + $(cat "$work/builds$b" 2>/dev/null || echo 0))); done
 echo "builds completed meanwhile: $built (of 5 artifacts each)" >&2
 python3 - "$work/load.jsonl" > "$work/figures" <<'PY'
