@@ -242,7 +242,7 @@ impl StoreFs {
     fn attr_of(&self, ino: u64, kind: &Kind) -> FileAttr {
         let mut a = attr(ino, kind);
         if let Kind::File { digest, size, .. } = kind
-            && *size >= vorpalfs_store::model::chunker::MAX_SIZE as u64
+            && vorpalfs_store::model::records::can_hold_a_hole(*size)
         {
             match self.store.file(digest) {
                 Ok(rec) => a.blocks = rec.allocated().div_ceil(512),

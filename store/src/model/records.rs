@@ -32,6 +32,11 @@ impl ChunkRef {
     }
 }
 
+/// Whether a file of `size` bytes can hold a hole (one all-zero chunk of the longest length).
+pub fn can_hold_a_hole(size: u64) -> bool {
+    size >= ZEROS.len() as u64
+}
+
 /// The bytes of chunk `id` if it is the all-zero chunk: they need no cache, pack or GET.
 pub fn zero_chunk_bytes(id: &Digest) -> Option<bytes::Bytes> {
     (id == zero_chunk()).then(|| bytes::Bytes::from_static(&ZEROS))
