@@ -36,10 +36,21 @@ for b in $(seq "$builds"); do
   ( n=0; while :; do "$B" build --rebuild -j 1 "$work/proj$b" >/dev/null 2>&1 && n=$((n+1)); echo "$n" > "$work/builds$b"; done ) &
   pids+=($!)
 done
+# The index's memory (memtables, table readers, block cache) every 30 s, beside the RSS series.
+( t=0; while :; do "$B" --json status 2>/dev/null | python3 -c 'import json,sys; m=json.load(sys.stdin)["index_memory"]; print(json.dumps(dict(t='"$t"', **m)))' >> "$work/index.jsonl" || true; sleep 30; t=$((t+30)); done ) &
+pids+=($!)
 echo "load: $readers readers, $stats stat threads, $builds build loops, $seconds s against $tree" >&2
 "$L" --tree "$work/mnt/$digest" --pid "$pid" --readers "$readers" --stats "$stats" --seconds "$seconds" > "$work/load.jsonl"
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-[ -z "${SERIES:-}" ] || cp "$work/load.jsonl" "$SERIES"
+[ -z "${SERIES:-}" ] || cat "$work/load.jsonl" "$work/index.jsonl" > "$SERIES"
+python3 - "$work/index.jsonl" >&2 <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for r in (rows[:1] + rows[len(rows) // 2:len(rows) // 2 + 1] + rows[-1:]) if rows else []:
+    print(f"index memory at {r['t']} s: memtables {r['memtables'] >> 20} MiB, table readers "
+          f"{r['table_readers'] >> 20} MiB, block cache {r['block_cache'] >> 20} MiB "
+          f"({r['block_cache_pinned'] >> 20} MiB pinned)")
+PY
 built=0; for b in $(seq "$builds"); do built=$((built + $(cat "$work/builds$b" 2>/dev/null || echo 0))); done
 echo "builds completed meanwhile: $built (of 5 artifacts each)" >&2
 python3 - "$work/load.jsonl" > "$work/figures" <<'PY'

@@ -39,6 +39,7 @@ pub mod testing;
 pub use bytes::Bytes;
 pub use error::{Error, RemoteError, Result};
 pub use ingest::{Filter, IngestReport, Source};
+pub use local::index::IndexMemory;
 pub use model::chunker::Chunker;
 pub use model::digest::{Digest, Hasher, Kind};
 pub use model::records::{ChunkRef, Codec, FileRecord};

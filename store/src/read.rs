@@ -336,6 +336,11 @@ impl Store {
     }
 
     /// Cache counters and sizes, for `vorpalfs status`.
+    /// What the index (RocksDB) holds in memory now.
+    pub fn index_memory(&self) -> crate::IndexMemory {
+        self.index.memory()
+    }
+
     pub fn cache_stats(&self) -> CacheStats {
         CacheStats {
             chunk_cache_bytes: self.chunks.bytes() as u64,

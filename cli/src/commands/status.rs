@@ -35,6 +35,11 @@ pub fn run(settings: &Settings) -> Result<ExitCode> {
         f.reads, f.read_bytes, f.reads_deferred, f.read_errors
     );
     println!("lookups      {} ({} inodes held)", f.lookups, f.inodes);
+    let m = &st.index_memory;
+    println!(
+        "index memory {} bytes in memtables, {} in table readers, {} in the block cache ({} pinned)",
+        m.memtables, m.table_readers, m.block_cache, m.block_cache_pinned
+    );
     if let Some(s3) = &st.s3 {
         let t = &s3.traffic;
         println!(

@@ -79,6 +79,9 @@ pub struct Status {
     /// The roots served that came from S3, and the trusted key that signed each.
     #[serde(default)]
     pub from_s3: Vec<FromS3>,
+    /// What the index holds in memory (memtables, table readers, block cache).
+    #[serde(default)]
+    pub index_memory: vorpalfs_store::IndexMemory,
 }
 
 /// A root found in S3 and who vouched for it.

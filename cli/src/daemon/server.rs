@@ -33,12 +33,28 @@ struct Daemon {
     shutdown: tokio::sync::Notify,
 }
 
+/// Chunks in the memory cache are up to 4 MiB each and are freed in whatever order eviction
+/// picks. glibc's default raises its mmap threshold each time a large block is freed, so after
+/// the first evictions every chunk lands in the per-thread heaps, which fragment: measured with
+/// the 256 MiB chunk cache full, 440–456 MiB of anonymous memory, and a slow climb under the
+/// load test. A fixed threshold gives each chunk of 256 KiB or more its own mapping, returned to
+/// the system when the chunk is evicted (321–325 MiB), while 128 KiB read replies still reuse
+/// heap memory. Other allocators (musl's) do not need it.
+fn bound_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a parameter of the allocator, under the allocator's own locks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
 /// Runs the daemon in this process until SIGINT, SIGTERM or `vorpalfs umount`.
 pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Result<()> {
     // Descriptors inherited from whatever started the daemon (a shell's, say) must not reach
     // anything the daemon starts: close-on-exec from here on.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    bound_heap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("vorpalfs-io")
@@ -254,6 +270,7 @@ impl Daemon {
                 .map(|(name, tree, sig)| FromS3 { name, tree, signed_by: sig.map(|s| s.key) })
                 .collect(),
             chunk_cache: self.store.cache_stats().into(),
+            index_memory: self.store.index_memory(),
             fs: FsCounters {
                 lookups: load(&f.lookups),
                 reads: load(&f.reads),

@@ -136,9 +136,20 @@ fn remote_key(id: &Digest, pack: &Digest) -> Vec<u8> {
 pub(crate) struct Index {
     db: DB,
     path: PathBuf,
+    /// The block cache every family's tables share (data, index and filter blocks).
+    cache: Cache,
     /// Opened read-only because the disk was too full to open it for writing: everything
     /// stored can be read; every commit fails with [`Error::DiskFull`].
     read_only: bool,
+}
+
+/// Bytes of memory the index holds, by kind (see [`Index::memory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexMemory {
+    pub memtables: u64,
+    pub table_readers: u64,
+    pub block_cache: u64,
+    pub block_cache_pinned: u64,
 }
 
 /// A set of writes committed atomically by [`Index::commit`].
@@ -289,14 +300,14 @@ impl Index {
             })
         };
         let index = match DB::open_cf_descriptors(&opts, path, cfs()).map_err(|e| Self::err(path, e)) {
-            Ok(db) => Index { db, path: path.to_path_buf(), read_only: false },
+            Ok(db) => Index { db, path: path.to_path_buf(), cache: cache.clone(), read_only: false },
             // Opening for writing replays the log into a new table file and preallocates a new
             // log: on a full disk, that fails. Reading needs neither.
             Err(Error::DiskFull { .. }) => {
                 let db =
                     DB::open_cf_descriptors_read_only(&opts, path, cfs(), false).map_err(|e| Self::err(path, e))?;
                 tracing::warn!(index = %path.display(), "the disk is full: the store is open read-only");
-                Index { db, path: path.to_path_buf(), read_only: true }
+                Index { db, path: path.to_path_buf(), cache: cache.clone(), read_only: true }
             }
             Err(e) => return Err(e),
         };
@@ -317,6 +328,20 @@ impl Index {
         }
         b.put_meta(Meta::RootTreesFilled, b"");
         self.commit(b)
+    }
+
+    /// What the index holds in memory now: memtables, table readers (index and filter blocks
+    /// outside the cache), and the block cache with its pinned part.
+    pub fn memory(&self) -> IndexMemory {
+        let sum = |name: &str| {
+            Cf::ALL.iter().filter_map(|cf| self.db.property_int_value_cf(self.cf(*cf), name).ok().flatten()).sum()
+        };
+        IndexMemory {
+            memtables: sum("rocksdb.cur-size-all-mem-tables"),
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+            block_cache: self.cache.get_usage() as u64,
+            block_cache_pinned: self.cache.get_pinned_usage() as u64,
+        }
     }
 
     fn err(path: &Path, e: rocksdb::Error) -> Error {
