@@ -40,7 +40,7 @@ fn the_mount_reads_exactly_like_the_source_tree() {
     let src = env.path("src");
     tool_tree(&src);
     let digest = env.add(&src);
-    let m = env.mount();
+    let m = env.mount_with(&env.path("mnt"), &["--xattrs"]);
     let root = m.path(&digest);
 
     assert_same_tree(&src, &root);
@@ -54,7 +54,7 @@ fn the_mount_reads_exactly_like_the_source_tree() {
     }
     assert_same_tree(&a, &b);
 
-    // Every entry shows its digest; files a fixed mtime and their real size.
+    // With --xattrs every entry shows its digest; files have a fixed mtime and their real size.
     let xattr = |p: &Path| sh(&format!("getfattr --only-values -n user.vorpalfs.digest '{}'", p.display()));
     assert_eq!(xattr(&root), digest);
     let text = fs::read(src.join("share/text.txt")).unwrap();
@@ -457,10 +457,12 @@ fn a_name_longer_than_255_bytes_is_enametoolong_and_ioctls_are_enotty_quietly() 
         assert!(matches!(errno, Some(libc::ENOTTY) | Some(libc::ENOSYS)), "{errno:?}");
     }
     assert!(!m.log().contains("Not Implemented"), "{}", m.log());
-    // The mount names itself (the kernel shows type "fuse" or "fuse.vorpalfs" by mount path).
+    // The mount names itself: type `fuse.vorpalfs` (so `findmnt -t fuse.vorpalfs` finds it),
+    // source `vorpalfs`.
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info.lines().find(|l| l.split(' ').nth(4) == Some(m.dir.to_str().unwrap())).unwrap();
-    assert!(line.contains(" vorpalfs "), "{line}");
+    let fields: Vec<&str> = line.split(" - ").nth(1).unwrap().split(' ').collect();
+    assert_eq!(fields[..2], ["fuse.vorpalfs", "vorpalfs"], "{line}");
 }
 
 /// Where `fd` has data, by `SEEK_DATA`/`SEEK_HOLE`: `[start, end)` ranges.
@@ -530,14 +532,14 @@ fn a_sparse_file_reads_whole_reports_its_holes_and_copies_out_sparse() {
 }
 
 #[test]
-fn no_xattrs_mounts_without_extended_attributes_and_lists_and_reads_as_before() {
+fn extended_attributes_are_off_by_default_so_ls_l_costs_no_getxattr_round_trips() {
     let env = Env::new();
     let src = env.path("src");
     for i in 0..200 {
         write(&src.join(format!("d/f{i:03}")), format!("{i}\n").as_bytes());
     }
     let digest = env.add(&src);
-    let m = env.mount_with(&env.path("mnt"), &["--no-xattrs"]);
+    let m = env.mount();
     let dir = m.path(&digest).join("d");
     // The daemon answers ENOSYS, after which the kernel answers every getxattr itself with
     // EOPNOTSUPP (scripts/bench/dirs.sh measures the round trips this saves on `ls -l`).
@@ -554,4 +556,9 @@ fn no_xattrs_mounts_without_extended_attributes_and_lists_and_reads_as_before() 
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-r--r--r--")).count(), 200);
     // Everything else is as with attributes on.
     assert_eq!(fs::read(dir.join("f123")).unwrap(), b"123\n");
+    drop(m);
+    // `--xattrs=false` says so explicitly (over a config file's `xattrs = true`, say), and
+    // `config show` names where the setting came from.
+    let shown = env.run(["--xattrs=false", "config", "show"]).stdout;
+    assert!(shown.lines().any(|l| l.contains("xattrs") && l.contains("false") && l.contains("--xattrs")), "{shown}");
 }

@@ -74,11 +74,13 @@ pub struct Cli {
     #[arg(long, global = true, env = "VORPALFS_TRUST_UNSIGNED", value_parser = clap::builder::BoolishValueParser::new())]
     pub trust_unsigned: bool,
 
-    /// Mount without extended attributes: no `user.vorpalfs.digest`, and the kernel stops
-    /// asking the daemon for `security.*` and ACL attributes of every new inode (`ls -l` of a
-    /// cold 100k-entry directory took 6.1 s with them, 0.54 s without).
-    #[arg(long, global = true, env = "VORPALFS_NO_XATTRS", value_parser = clap::builder::BoolishValueParser::new())]
-    pub no_xattrs: bool,
+    /// Serve extended attributes on the mount: `user.vorpalfs.digest` of every entry. Off by
+    /// default: with them on, the kernel asks the daemon for `security.*` and ACL attributes
+    /// of every new inode, one round trip each (`ls -l` of a cold 100k-entry directory took
+    /// 6.1 s with them, 0.54 s without; native 1.2 s). `--xattrs=false` turns them off again.
+    #[arg(long, global = true, env = "VORPALFS_XATTRS", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub xattrs: Option<bool>,
 
     /// Print data as JSON on stdout.
     #[arg(long, global = true)]

@@ -78,7 +78,7 @@ pub struct File {
     pub signing_key: Option<PathBuf>,
     pub trusted_keys: Option<Keys>,
     pub trust_unsigned: Option<bool>,
-    /// `false`: mount without extended attributes (`--no-xattrs`).
+    /// `true`: serve extended attributes on the mount (`--xattrs`).
     pub xattrs: Option<bool>,
     /// `mount --threads`
     pub threads: Option<usize>,

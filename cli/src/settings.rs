@@ -54,7 +54,7 @@ pub struct Settings {
     pub signing_key: Option<PathBuf>,
     pub trusted_keys: Option<String>,
     pub trust_unsigned: bool,
-    /// The mount answers extended attribute requests (`user.vorpalfs.digest`).
+    /// The mount answers extended attribute requests (`user.vorpalfs.digest`); off by default.
     pub xattrs: bool,
     /// Whose rights a command reads and writes the client's files with (set by the daemon for
     /// each client; `None`: this process's own).
@@ -140,8 +140,8 @@ impl Settings {
         let (trust_unsigned, o) = pick(m, "trust_unsigned", Some(cli.trust_unsigned), &files, |f| f.trust_unsigned);
         let trust_unsigned = trust_unsigned.unwrap_or(false);
         show("trust_unsigned", serde_json::json!(trust_unsigned), &o, false);
-        let (no_xattrs, o) = pick(m, "no_xattrs", Some(cli.no_xattrs), &files, |f| f.xattrs.map(|x| !x));
-        let xattrs = !no_xattrs.unwrap_or(false);
+        let (xattrs, o) = pick(m, "xattrs", cli.xattrs, &files, |f| f.xattrs);
+        let xattrs = xattrs.unwrap_or(false);
         show("xattrs", serde_json::json!(xattrs), &o, false);
         // Subcommand flags: `build -j`, `mount --threads` (no environment variable).
         let last = |get: fn(&config::File) -> Option<usize>| {

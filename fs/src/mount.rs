@@ -28,15 +28,16 @@ pub struct MountOptions {
     pub threads: usize,
     /// Reads waiting on chunk fetches at once.
     pub max_inflight: usize,
-    /// Answer extended attribute requests. `false` answers the first with `ENOSYS`, after which
-    /// the kernel asks no more (no `user.vorpalfs.digest`, no per-inode `getxattr` round trips).
+    /// Answer extended attribute requests (`user.vorpalfs.digest`). `false` (the default)
+    /// answers the first with `ENOSYS`, after which the kernel asks no more: no per-inode
+    /// `getxattr` round trips for `security.*` and ACLs on `ls -l` or `exec`.
     pub xattrs: bool,
 }
 
 impl Default for MountOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        MountOptions { threads: (2 * cores).clamp(4, 16), max_inflight: 64, xattrs: true }
+        MountOptions { threads: (2 * cores).clamp(4, 16), max_inflight: 64, xattrs: false }
     }
 }
 
@@ -151,7 +152,10 @@ pub fn mount(
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("vorpalfs".into()),
-        MountOption::Subtype("vorpalfs".into()),
+        // fuser's own mount(2) drops `Subtype` (it keeps it for fusermount), so the subtype
+        // goes to the kernel as a plain option: mountinfo then says `fuse.vorpalfs`, and
+        // `findmnt -t fuse.vorpalfs` finds the mount. fusermount takes it the same way.
+        MountOption::CUSTOM("subtype=vorpalfs".into()),
         MountOption::RO,
         MountOption::NoAtime,
         MountOption::NoDev,

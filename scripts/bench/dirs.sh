@@ -4,8 +4,8 @@
 #   cold listing (caches dropped, mount fresh) with 4 KiB getdents buffers (ls -f) and with
 #   64-byte ones (one entry of these names per call: every call resumes at an offset);
 #   warm listing (the kernel's cached directory);
-#   cold `ls -l` (readdirplus, a stat and the xattr probes of ls for every entry), also with the
-#   mount's extended attributes off (`--no-xattrs`: the kernel stops sending the probes).
+#   cold `ls -l` (readdirplus and a stat of every entry), also with the mount's extended
+#   attributes on (`--xattrs`: the kernel then sends ls's two xattr probes of every entry).
 #
 #   scripts/bench/dirs.sh [N]
 # Needs root (drop_caches, mounts). Prints seconds and the ratio vorpalfs / native (lower is
@@ -45,16 +45,16 @@ native_fresh() { :; }
 vorpal_fresh() { umount_v; mount_v; }
 measure native "$work/src/big" native_fresh
 measure vorpalfs "$work/vmnt/$digest/big" vorpal_fresh
-umount_v; "$bin" --store-dir "$work/vstore" --no-xattrs mount "$work/vmnt" >/dev/null; drop
-fig[vorpalfs.cold_ls_l_no_xattrs]=$(timed ls -l "$work/vmnt/$digest/big")
-fig[native.cold_ls_l_no_xattrs]=${fig[native.cold_ls_l]}
+umount_v; "$bin" --store-dir "$work/vstore" --xattrs mount "$work/vmnt" >/dev/null; drop
+fig[vorpalfs.cold_ls_l_xattrs]=$(timed ls -l "$work/vmnt/$digest/big")
+fig[native.cold_ls_l_xattrs]=${fig[native.cold_ls_l]}
 [ "$("$list" "$work/vmnt/$digest/big" 64)" = "$((n + 2))" ] || { echo "dirs: wrong entry count" >&2; exit 1; }
 
 printf '%-14s %10s %10s %10s\n' "$n entries" native vorpalfs "x native"
-for f in cold_4k warm_4k cold_64b cold_ls_l cold_ls_l_no_xattrs; do
+for f in cold_4k warm_4k cold_64b cold_ls_l cold_ls_l_xattrs; do
   r=$(awk -v a="${fig[vorpalfs.$f]}" -v b="${fig[native.$f]}" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
   printf '%-14s %10s %10s %10s\n' "$f" "${fig[native.$f]}" "${fig[vorpalfs.$f]}" "$r"
-  [ "$f" = cold_ls_l_no_xattrs ] || record dirs "native_$f" "${fig[native.$f]}" s
+  [ "$f" = cold_ls_l_xattrs ] || record dirs "native_$f" "${fig[native.$f]}" s
   # Recorded as the other benches do: peer time / vorpalfs time.
   record dirs "vorpalfs_$f" "${fig[vorpalfs.$f]}" s \
     "$(awk -v a="${fig[vorpalfs.$f]}" -v b="${fig[native.$f]}" 'BEGIN { printf "%.3f", (a > 0 ? b / a : 0) }')"

@@ -57,7 +57,7 @@ fn default_of(key: &str) -> &'static str {
         "trusted_keys" => "none",
         "jobs" => "number of CPUs",
         "threads" => "2 per core, 4 to 16",
-        "xattrs" => "true",
+        "xattrs" => "false",
         _ => "unset",
     }
 }

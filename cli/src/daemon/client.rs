@@ -137,8 +137,8 @@ pub fn spawn_daemon(settings: &Settings, mountpoint: &Path, threads: Option<usiz
     if let Some(k) = &settings.trusted_keys {
         cmd.arg("--trusted-keys").arg(k);
     }
-    if !settings.xattrs {
-        cmd.arg("--no-xattrs");
+    if settings.xattrs {
+        cmd.arg("--xattrs");
     }
     if settings.trust_unsigned {
         cmd.arg("--trust-unsigned");
