@@ -99,3 +99,16 @@ fn sequential_reader_returns_the_whole_file() {
         assert!(out == *data);
     }
 }
+
+#[test]
+fn the_index_reports_its_memory_within_its_budgets() {
+    let f = fixture();
+    for (_, d) in &f.files {
+        f.store.file(d).unwrap();
+    }
+    let m = f.store.index_memory();
+    // The ingest's writes sit in memtables (64 MiB shared by every family); the block cache
+    // is 128 MiB, and what is pinned of it is part of it.
+    assert!(m.memtables > 0 && m.memtables <= 64 << 20, "{m:?}");
+    assert!(m.block_cache <= 128 << 20 && m.block_cache_pinned <= m.block_cache, "{m:?}");
+}
