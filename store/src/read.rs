@@ -335,12 +335,12 @@ impl Store {
         self.read.pending.wait(timeout)
     }
 
-    /// Cache counters and sizes, for `vorpalfs status`.
     /// What the index (RocksDB) holds in memory now.
     pub fn index_memory(&self) -> crate::IndexMemory {
         self.index.memory()
     }
 
+    /// Cache counters and sizes, for `vorpalfs status`.
     pub fn cache_stats(&self) -> CacheStats {
         CacheStats {
             chunk_cache_bytes: self.chunks.bytes() as u64,

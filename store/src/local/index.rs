@@ -300,14 +300,14 @@ impl Index {
             })
         };
         let index = match DB::open_cf_descriptors(&opts, path, cfs()).map_err(|e| Self::err(path, e)) {
-            Ok(db) => Index { db, path: path.to_path_buf(), cache: cache.clone(), read_only: false },
+            Ok(db) => Index { db, path: path.to_path_buf(), cache, read_only: false },
             // Opening for writing replays the log into a new table file and preallocates a new
             // log: on a full disk, that fails. Reading needs neither.
             Err(Error::DiskFull { .. }) => {
                 let db =
                     DB::open_cf_descriptors_read_only(&opts, path, cfs(), false).map_err(|e| Self::err(path, e))?;
                 tracing::warn!(index = %path.display(), "the disk is full: the store is open read-only");
-                Index { db, path: path.to_path_buf(), cache: cache.clone(), read_only: true }
+                Index { db, path: path.to_path_buf(), cache, read_only: true }
             }
             Err(e) => return Err(e),
         };
