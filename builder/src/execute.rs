@@ -195,7 +195,14 @@ impl Executor<'_> {
         if self.store.has_remote() {
             let _span = tracing::info_span!("push").entered();
             match self.store.push(&job.digest.to_hex(), &|_, _| {}) {
-                Ok(p) => events(Event::Pushed { name: a.name.clone(), digest: job.digest, bytes: p.uploaded_bytes }),
+                Ok(p) => {
+                    events(Event::Pushed { name: a.name.clone(), digest: job.digest, bytes: p.uploaded_bytes });
+                    // What the steps read of their dependencies through the mount, for the
+                    // hosts that use them next (failures are logged: a profile is a hint).
+                    for r in self.store.push_new_profiles() {
+                        tracing::debug!(tree = %r.tree, chunks = r.written, "profile pushed");
+                    }
+                }
                 // S3 holds another build of this recipe that this host may not replace (signed by
                 // a trusted builder): this one serves here and is not shared.
                 Err(e @ vorpalfs_store::Error::Kept { .. }) => {

@@ -118,6 +118,9 @@ pub enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Access profiles: which chunks of a root were read through the mount, first-read first.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Remove data no root reaches; prints what was freed.
     Gc,
     /// Build the artifacts of a manifest (vorpalfs.toml); prints their store paths.
@@ -143,6 +146,16 @@ pub enum Command {
     /// Write man pages (vorpalfs.1 and one per subcommand) into DIR.
     #[command(hide = true)]
     Manpages { dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+pub enum ProfileCommand {
+    /// Publish what the mount's daemon recorded of each root (a name or digest) to S3, merged
+    /// with the profile there: hosts that look the root up later prefetch those chunks first.
+    Push {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -156,6 +156,9 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Pull { names } => daemon_or_local(&settings, Request::Pull(names.clone()), |ctx| {
             commands::sync::run(ctx, SyncCommand::Pull(names))
         }),
+        Command::Profile(cmd) => daemon_or_local(&settings, Request::Profile(cmd.clone()), |ctx| {
+            commands::sync::run(ctx, SyncCommand::Profile(cmd))
+        }),
         Command::Gc => daemon_or_local(&settings, Request::Gc, |ctx| commands::sync::run(ctx, SyncCommand::Gc)),
         Command::Mount(args) => commands::mount::mount(settings, args),
         Command::Umount { dir } => commands::mount::umount(&settings, dir),

@@ -363,13 +363,17 @@ impl Filesystem for StoreFs {
     ) {
         let _span = tracing::trace_span!("fuse.read").entered();
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        let Some(Kind::File { digest, .. }) = self.kind(ino) else {
+        let Some((Kind::File { digest, .. }, root)) = self.inodes.lock().unwrap().kind_and_root(u64::from(ino)) else {
             return reply.error(Errno::EBADF);
         };
         let rec = match self.store.file(&digest) {
             Ok(r) => r,
             Err(e) => return reply.error(self.fail(u64::from(ino), "read", &e)),
         };
+        // For the root's access profile: in memory, a hash lookup per chunk.
+        if let Some(root) = root {
+            self.store.touched(&root, &rec, offset, size as usize);
+        }
         // From memory or the local packs, on this thread: a local read costs a pread and a
         // decode, less than the two thread hand-offs of the async path (which dominated the
         // daemon's CPU profile of a cold read of the toolchain). Only S3 goes async.

@@ -50,6 +50,8 @@ pub struct Node {
     pub parent: u64,
     pub name: Vec<u8>,
     pub kind: Kind,
+    /// The top-level directory (a root) this inode is below, or is; [`ROOT`] for the root.
+    pub top: u64,
     lookups: u64,
 }
 
@@ -61,7 +63,7 @@ pub struct Inodes {
 impl Default for Inodes {
     fn default() -> Self {
         let mut map = HashMap::new();
-        map.insert(ROOT, Node { parent: ROOT, name: Vec::new(), kind: Kind::Root, lookups: 1 });
+        map.insert(ROOT, Node { parent: ROOT, name: Vec::new(), kind: Kind::Root, top: ROOT, lookups: 1 });
         Inodes { map }
     }
 }
@@ -93,8 +95,21 @@ impl Inodes {
     /// Hands out the inode for `(parent, name)`, counting one lookup.
     pub fn remember(&mut self, parent: u64, name: &[u8], kind: Kind) -> u64 {
         let ino = self.ino_for(parent, name);
-        self.map.entry(ino).or_insert_with(|| Node { parent, name: name.to_vec(), kind, lookups: 0 }).lookups += 1;
+        // The kernel holds a parent while it holds a child: it is in the table.
+        let top = if parent == ROOT { ino } else { self.map.get(&parent).map_or(ROOT, |n| n.top) };
+        self.map.entry(ino).or_insert_with(|| Node { parent, name: name.to_vec(), kind, top, lookups: 0 }).lookups +=
+            1;
         ino
+    }
+
+    /// An inode's kind and the digest of the root it is below (for its profile).
+    pub fn kind_and_root(&self, ino: u64) -> Option<(Kind, Option<Digest>)> {
+        let n = self.map.get(&ino)?;
+        let root = match self.map.get(&n.top).map(|t| &t.kind) {
+            Some(Kind::Dir { digest, .. }) => Some(*digest),
+            _ => None,
+        };
+        Some((n.kind.clone(), root))
     }
 
     /// The kernel dropped `n` references.
@@ -157,5 +172,9 @@ mod tests {
         let d = t.remember(ROOT, b"abc", Kind::Dir { digest: Digest([0; 32]), size: 0 });
         let f = t.remember(d, b"f", Kind::Symlink { target: vec![] });
         assert_eq!(t.describe(f), ("abc".into(), "f".into()));
+        let sub = t.remember(d, b"sub", Kind::Dir { digest: Digest([1; 32]), size: 0 });
+        let g = t.remember(sub, b"g", Kind::Symlink { target: vec![] });
+        assert_eq!(t.kind_and_root(g).unwrap().1, Some(Digest([0; 32])), "a file's root is its top-level directory");
+        assert_eq!(t.kind_and_root(ROOT).unwrap().1, None);
     }
 }

@@ -52,6 +52,9 @@ pub enum Error {
     #[error("no root, artifact or digest named {0:?} (see `vorpalfs store ls`)")]
     UnknownName(String),
 
+    #[error("nothing of {name} was read through the mount since the daemon started: no profile to push")]
+    NoProfile { name: String },
+
     #[error("corrupt {what} {digest}: {detail}")]
     Corrupt { what: &'static str, digest: Digest, detail: String },
 

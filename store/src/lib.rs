@@ -50,6 +50,7 @@ pub use ops::stats::Stats;
 pub use ops::verify::{Problem, VerifyReport};
 pub use read::{CacheStats, FileReader};
 pub use remote::claims::Claim;
+pub use remote::profile::{Profile, ProfileReport, ProfileStats};
 pub use remote::pull::PullReport;
 pub use remote::push::PushReport;
 pub use remote::{Backend, Faults, MemoryStore, ObjectStore, Policy, Remote, S3Config, Traffic};

@@ -242,7 +242,10 @@ impl Store {
                 return Ok(c);
             }
             let flight = match self.flight(&id) {
-                Some(f) => f,
+                Some(f) => {
+                    self.hurry(&id);
+                    f
+                }
                 None => {
                     let (store, f) = (self.clone(), file.clone());
                     let try_local = !std::mem::replace(&mut local_tried, true);

@@ -65,6 +65,13 @@ pub fn run(settings: &Settings) -> Result<ExitCode> {
             if s3.signatures_required { "signatures required" } else { "unsigned roots taken" }
         );
     }
+    let p = &st.profiles;
+    if p.recorded_roots > 0 || p.profiles_used > 0 {
+        println!(
+            "profiles     {} chunks of {} roots recorded here; {} profiles from S3 used, prefetching {} bytes in {} GETs",
+            p.recorded_chunks, p.recorded_roots, p.profiles_used, p.prefetch_bytes, p.prefetch_gets
+        );
+    }
     for r in &st.from_s3 {
         let by = r.signed_by.as_deref().map_or("unsigned".to_string(), |k| format!("signed by {k}"));
         println!("from S3      {} ({}): {by}", r.name, r.tree);

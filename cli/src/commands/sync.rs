@@ -49,6 +49,7 @@ fn with_progress<T>(
 pub enum SyncCommand {
     Push(Vec<String>),
     Pull(Vec<String>),
+    Profile(crate::args::ProfileCommand),
     Gc,
 }
 
@@ -106,6 +107,28 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
                         r.chunks,
                         r.fetched_bytes,
                         t.elapsed().as_secs_f64()
+                    )?;
+                }
+            }
+        }
+        SyncCommand::Profile(crate::args::ProfileCommand::Push { names }) => {
+            for n in names {
+                let r = store.push_profile(&n).with_context(|| format!("cannot push the profile of {n}"))?;
+                let signed = r.signed_by.as_ref().map_or(String::new(), |k| format!(", signed by {k}"));
+                if ctx.settings.json {
+                    writeln!(
+                        ctx.out,
+                        "{}",
+                        json!({"name": n, "tree": r.tree, "recorded": r.recorded, "there": r.there,
+                               "written": r.written, "signed_by": r.signed_by})
+                    )?;
+                } else if r.written == 0 {
+                    writeln!(ctx.err, "{n}: the profile in S3 ({} chunks) already has the {} read here", r.there, r.recorded)?;
+                } else {
+                    writeln!(
+                        ctx.err,
+                        "{n}: profile of {} chunks pushed ({} read here, {} in S3 before){signed}",
+                        r.written, r.recorded, r.there
                     )?;
                 }
             }

@@ -35,6 +35,7 @@ pub enum Request {
     Store(StoreCommand),
     Push(Vec<String>),
     Pull(Vec<String>),
+    Profile(crate::args::ProfileCommand),
     Gc,
     Build(BuildArgs),
     Inspect(InspectArgs),
@@ -82,6 +83,9 @@ pub struct Status {
     /// What the index holds in memory (memtables, table readers, block cache).
     #[serde(default)]
     pub index_memory: vorpalfs_store::IndexMemory,
+    /// Access profiles recorded here and used from S3.
+    #[serde(default)]
+    pub profiles: vorpalfs_store::ProfileStats,
 }
 
 /// A root found in S3 and who vouched for it.

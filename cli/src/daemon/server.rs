@@ -138,6 +138,8 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
     let _ = std::fs::remove_file(&sock);
     daemon.builder.close();
     mounted.unmount().context("unmount failed")?;
+    // Prefetch still in line is dropped; what is in the air lands.
+    daemon.store.stop_background();
     // Fetches already sent land (or fail) before the store closes; a slow link cannot hold
     // the exit longer than this.
     if !daemon.store.settle(std::time::Duration::from_secs(10)) {
@@ -213,6 +215,9 @@ impl Daemon {
             Request::Pull(n) => self.with_ctx(&settings, &mut out, &mut err, |ctx| {
                 commands::sync::run(ctx, commands::sync::SyncCommand::Pull(n))
             }),
+            Request::Profile(c) => self.with_ctx(&settings, &mut out, &mut err, |ctx| {
+                commands::sync::run(ctx, commands::sync::SyncCommand::Profile(c))
+            }),
             Request::Gc => self.with_ctx(&settings, &mut out, &mut err, |ctx| {
                 commands::sync::run(ctx, commands::sync::SyncCommand::Gc)
             }),
@@ -271,6 +276,7 @@ impl Daemon {
                 .collect(),
             chunk_cache: self.store.cache_stats().into(),
             index_memory: self.store.index_memory(),
+            profiles: self.store.profile_stats(),
             fs: FsCounters {
                 lookups: load(&f.lookups),
                 reads: load(&f.reads),
@@ -329,6 +335,7 @@ impl Peer {
 fn admin_only(r: &Request) -> Option<&'static str> {
     match r {
         Request::Push(_) => Some("`vorpalfs push`"),
+        Request::Profile(_) => Some("`vorpalfs profile push`"),
         Request::Gc => Some("`vorpalfs gc`"),
         Request::Store(crate::args::StoreCommand::Rm { .. }) => Some("`vorpalfs store rm`"),
         Request::Store(crate::args::StoreCommand::Repair) => Some("`vorpalfs store repair`"),

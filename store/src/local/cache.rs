@@ -99,8 +99,22 @@ pub(crate) struct ReadState {
     pub blind: Mutex<Vec<crate::remote::lazy::BlindRead>>,
     /// Per pack: where the last neighbour read ended, and its size.
     pub tails: Mutex<HashMap<Digest, (u64, u64)>>,
-    /// Permits of background GETs (readahead, neighbours, prefetch).
+    /// Permits of background GETs (readahead, neighbours, the rest of a large file).
     pub background: Arc<tokio::sync::Semaphore>,
+    /// Permits of prefetch GETs (profiles, small roots): a class of their own, so that a long
+    /// prefetch never holds up the readahead of a program reading now.
+    pub prefetch: Arc<tokio::sync::Semaphore>,
+    /// Chunks of background pieces still waiting for a permit, and how to send them at once
+    /// (a reader now waits for one of them).
+    pub queued: Mutex<HashMap<Digest, Arc<tokio::sync::Notify>>>,
+    /// Set when the store is closing: background pieces not yet sent are dropped.
+    pub stopping: std::sync::atomic::AtomicBool,
+    /// What the mount read of each root, for its profile.
+    pub recorder: Mutex<crate::remote::profile::Recorder>,
+    /// Profiles found in S3 and used; GETs and bytes their prefetch asked for.
+    pub profiles_used: AtomicU64,
+    pub profile_gets: AtomicU64,
+    pub profile_bytes: AtomicU64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     /// Bytes (uncompressed) fetched from S3 and checked.
@@ -164,6 +178,13 @@ impl Default for ReadState {
             blind: Default::default(),
             tails: Default::default(),
             background: Arc::new(tokio::sync::Semaphore::new(crate::remote::lazy::BACKGROUND_GETS)),
+            prefetch: Arc::new(tokio::sync::Semaphore::new(crate::remote::lazy::PREFETCH_GETS)),
+            queued: Default::default(),
+            stopping: Default::default(),
+            recorder: Default::default(),
+            profiles_used: AtomicU64::new(0),
+            profile_gets: AtomicU64::new(0),
+            profile_bytes: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),

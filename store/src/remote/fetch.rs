@@ -99,6 +99,13 @@ impl Store {
         let remote = self.remote_or_err()?.clone();
         let Some(found) = fetch_root_object(remote.clone(), name.clone()).await? else { return Ok(None) };
         self.check_root(&name, &found.root, &found.url)?;
+        // The profile comes with the index, in parallel: no round trip more before the first
+        // read, and the lookup does not wait for it.
+        let profile = remote.handle().spawn(crate::remote::profile::fetch_profile(
+            remote.clone(),
+            found.root.tree,
+            self.opts.trust.clone(),
+        ));
         let index = match self.knows(&found.root)? {
             true => None,
             false => Some(fetch_index(remote, found.root.index).await?),
@@ -107,7 +114,7 @@ impl Store {
         let r = tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, found, index }))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-        self.prefetch_small_root(r.tree);
+        self.prefetch_root(r.tree, Some(profile));
         Ok(Some(r))
     }
 

@@ -15,8 +15,12 @@
 //!   that chunk and its content matches its digest.
 //! - **Every chunk fetched once.** Each planned chunk has a flight that its readers wait on;
 //!   a run stops at a chunk already in flight.
-//! - **Demand first.** Pieces beyond the one a reader waits for (readahead, neighbours,
-//!   prefetch) take one of [`BACKGROUND_GETS`] permits; the demanded piece never waits for one.
+//! - **Demand first.** Pieces beyond the one a reader waits for take a permit: readahead,
+//!   neighbours and the rest of a large file one of [`BACKGROUND_GETS`], prefetch (profiles,
+//!   small roots) one of [`PREFETCH_GETS`]; the demanded piece never waits for one, and a reader
+//!   that comes to wait for a chunk of a piece still in line has that piece sent at once.
+//! - **Prefetch stops** when the store closes (pieces in line are dropped) and when S3 fails
+//!   under it (one log line; the rest of that prefetch is dropped, and readers fetch on demand).
 //!
 //! Every chunk is verified before anything sees it, kept in memory and in the open fetch pack,
 //! and its place marked verified; a place that gives wrong bytes or none is marked wrong, and
@@ -55,6 +59,10 @@ const NEIGHBOURS_MAX: u64 = 8 << 20;
 /// GETs in the background at once (readahead, neighbours, prefetch). Demand GETs are not
 /// counted: they never wait behind these.
 pub(crate) const BACKGROUND_GETS: usize = 8;
+/// Prefetch GETs at once (a class of their own: see [`Class`]).
+pub(crate) const PREFETCH_GETS: usize = 8;
+/// The most a profile's prefetch fetches (as stored), and at most half the cache budget.
+const PROFILE_BUDGET: u64 = 1 << 30;
 /// By default, a root whose chunks not here take less than this in S3 is fetched whole, in the
 /// background, when first looked up on this host (at most half the cache budget, when one is
 /// set): small roots cost one round trip in all, not one per file.
@@ -95,8 +103,25 @@ pub(crate) type Flight = watch::Receiver<Landing>;
 pub(crate) struct Piece {
     pack: Digest,
     what: PieceKind,
-    /// A reader waits for it: sent at once, not behind background GETs.
-    demand: bool,
+    class: Class,
+}
+
+/// Who waits for a piece, which says when it is sent.
+#[derive(Clone)]
+pub(crate) enum Class {
+    /// A reader: sent at once.
+    Demand,
+    /// Readahead, neighbours, the rest of a large file: behind [`BACKGROUND_GETS`] permits.
+    Background,
+    /// A prefetch: behind [`PREFETCH_GETS`] permits, and dropped once its prefetch stopped.
+    Prefetch(Arc<Prefetch>),
+}
+
+/// One prefetch of a root (its profile, or the whole of a small root).
+pub(crate) struct Prefetch {
+    tree: Digest,
+    what: &'static str,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 enum PieceKind {
@@ -163,9 +188,11 @@ impl Store {
             Some(r) => (WINDOW_MIN, r.misses + 1),
             None => (WINDOW_MIN, 1),
         };
-        let limit = match self.opts.cache_bytes {
-            Some(c) => WHOLE_FILE_MAX.min(c / 4),
-            None => WHOLE_FILE_MAX,
+        let (window, limit) = match self.opts.cache_bytes {
+            // Readahead stays a small part of the cache: what it brings is not evicted before
+            // it is read.
+            Some(c) => (window.min((c / 8).max(PIECE_MIN)), WHOLE_FILE_MAX.min(c / 4)),
+            None => (window, WHOLE_FILE_MAX),
         };
         (window, misses == WHOLE_AFTER && file.size > 2 * WINDOW_MIN && file.size <= limit)
     }
@@ -184,6 +211,7 @@ impl Store {
     pub(crate) fn plan_fetch(&self, file: &FileRecord, i: usize) -> Result<Plan> {
         let id = file.chunks[i].id;
         if let Some(f) = self.flight(&id) {
+            self.hurry(&id);
             return Ok(Plan::Wait(f));
         }
         let Some(first) = self.place_to_fetch(&id)? else { return Ok(Plan::NotInS3) };
@@ -218,7 +246,10 @@ impl Store {
         // Register the flights; the run stops at a chunk someone else is fetching.
         let mut flights = self.read.flights.lock().unwrap();
         if let Some(f) = flights.get(&id) {
-            return Ok(Plan::Wait(f.clone()));
+            let f = f.clone();
+            drop(flights);
+            self.hurry(&id);
+            return Ok(Plan::Wait(f));
         }
         let mut chunks = Vec::with_capacity(run.len());
         for (n, (cid, loc)) in run.into_iter().enumerate() {
@@ -236,7 +267,7 @@ impl Store {
         let blind_from = chunks.last().map(|(_, l, _)| l.offset + u64::from(l.stored_len)).expect("one chunk");
         let mut pieces = cut(rl.pack, chunks, window);
         if whole && self.far_from_s3() {
-            let rest = self.rest_of_file(file)?;
+            let rest = self.rest_of_file(file, Class::Background)?;
             self.read.whole_files.fetch_add(1, Relaxed);
             tracing::debug!(gets = rest.len(), "a large file read in many places: fetching the rest of it");
             pieces.extend(rest);
@@ -263,7 +294,7 @@ impl Store {
             let (tx, rx) = watch::channel(false);
             let range = blind_from..blind_from.saturating_add(size);
             self.read.blind.lock().unwrap().push((rl.pack, range.clone(), rx));
-            pieces.push(Piece { pack: rl.pack, what: PieceKind::Blind(range, tx), demand: false });
+            pieces.push(Piece { pack: rl.pack, what: PieceKind::Blind(range, tx), class: Class::Background });
         }
         Ok(Plan::Send(pieces, wait))
     }
@@ -284,38 +315,74 @@ impl Store {
         blind.iter().find(|(p, r, _)| *p == rl.pack && r.start < rl.offset && end <= r.end).map(|(_, _, rx)| rx.clone())
     }
 
-    /// Fetches a small root whole in the background (see [`SMALL_ROOT`]): plans on the blocking
-    /// pool, then sends coalesced pieces as background GETs. Returns at once.
-    pub(crate) fn prefetch_small_root(self: &Arc<Self>, tree: Digest) {
-        let Some(remote) = self.remote.as_ref() else { return };
-        let store = Pending::start(self);
-        remote.handle().spawn_blocking(move || {
-            let pieces = match store.plan_prefetch(&tree) {
+    /// The blocking half of [`Store::prefetch_root`]: sends the pieces of `profile` (hottest
+    /// first), then, if the root is small (see [`SMALL_ROOT`]), of the rest of it.
+    pub(crate) fn prefetch_planned(self: &Arc<Self>, tree: Digest, profile: Option<super::profile::Profile>) {
+        let mut plans = Vec::new();
+        if let Some(p) = profile {
+            self.read.profiles_used.fetch_add(1, Relaxed);
+            let run = Arc::new(Prefetch { tree, what: "profile", stopped: false.into() });
+            plans.push((self.plan_profile(&p, &run), run));
+        }
+        let run = Arc::new(Prefetch { tree, what: "small root", stopped: false.into() });
+        plans.push((self.plan_prefetch(&tree, &run), run));
+        for (pieces, run) in plans {
+            let pieces = match pieces {
+                Ok(p) if p.is_empty() => continue,
                 Ok(p) => p,
-                Err(e) => return tracing::debug!(tree = %tree, "no prefetch: {e}"),
-            };
-            if !pieces.is_empty() {
-                let bytes: u64 = pieces.iter().map(|p| p.range().end - p.range().start).sum();
-                tracing::info!(tree = %tree, gets = pieces.len(), bytes, "prefetching a small root whole");
-                store.read.prefetched_gets.fetch_add(pieces.len() as u64, Relaxed);
-                if let Err(e) = store.launch(pieces) {
-                    tracing::debug!("no prefetch: {e}");
+                Err(e) => {
+                    tracing::debug!(tree = %tree, "no {} prefetch: {e}", run.what);
+                    continue;
                 }
+            };
+            let bytes: u64 = pieces.iter().map(|p| p.range().end - p.range().start).sum();
+            tracing::info!(tree = %tree, gets = pieces.len(), bytes, "prefetching by {}", run.what);
+            match run.what {
+                "profile" => {
+                    self.read.profile_gets.fetch_add(pieces.len() as u64, Relaxed);
+                    self.read.profile_bytes.fetch_add(bytes, Relaxed);
+                }
+                _ => drop(self.read.prefetched_gets.fetch_add(pieces.len() as u64, Relaxed)),
             }
-        });
+            if let Err(e) = self.launch(pieces) {
+                tracing::debug!("no prefetch: {e}");
+            }
+        }
+    }
+
+    /// What a prefetch may fetch: [`PROFILE_BUDGET`] or the small-root limit, and at most half
+    /// the cache budget, when one is set.
+    fn prefetch_budget(&self, limit: u64) -> u64 {
+        match self.opts.cache_bytes {
+            Some(c) => limit.min(c / 2),
+            None => limit,
+        }
+    }
+
+    /// The pieces that fetch the chunks of `profile` not here, hottest first, up to the budget.
+    fn plan_profile(&self, profile: &super::profile::Profile, run: &Arc<Prefetch>) -> Result<Vec<Piece>> {
+        let budget = self.prefetch_budget(PROFILE_BUDGET);
+        let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
+        let mut total = 0u64;
+        for (rank, id) in profile.chunks.iter().enumerate() {
+            let Some(loc) = self.to_fetch(id)? else { continue };
+            total += u64::from(loc.stored_len) + RECORD_HEADER;
+            if total > budget {
+                break;
+            }
+            by_pack.entry(loc.pack).or_default().push((*id, loc, rank));
+        }
+        Ok(self.background_pieces(by_pack, Class::Prefetch(run.clone())))
     }
 
     /// The pieces that fetch every chunk of `tree` not here, if they fit the small-root budget
     /// (none otherwise), with their flights registered.
-    fn plan_prefetch(&self, tree: &Digest) -> Result<Vec<Piece>> {
-        let budget = match self.opts.cache_bytes {
-            Some(c) => self.opts.prefetch_below.min(c / 2),
-            None => self.opts.prefetch_below,
-        };
+    fn plan_prefetch(&self, tree: &Digest, run: &Arc<Prefetch>) -> Result<Vec<Piece>> {
+        let budget = self.prefetch_budget(self.opts.prefetch_below);
         if budget == 0 {
             return Ok(Vec::new());
         }
-        let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>> = HashMap::new();
+        let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
         let mut total = 0u64;
         let mut seen = std::collections::HashSet::new();
         let mut stack = vec![*tree];
@@ -336,26 +403,32 @@ impl Store {
                             if total > budget {
                                 return Ok(Vec::new());
                             }
-                            by_pack.entry(loc.pack).or_default().push((c.id, loc));
+                            by_pack.entry(loc.pack).or_default().push((c.id, loc, 0));
                         }
                     }
                     _ => {}
                 }
             }
         }
-        Ok(self.background_pieces(by_pack))
+        Ok(self.background_pieces(by_pack, Class::Prefetch(run.clone())))
     }
 
-    /// Background pieces fetching `by_pack` (chunks and their places, grouped by remote pack):
-    /// per pack in offset order, coalesced over gaps under [`PREFETCH_GAP`] into pieces of at
-    /// most [`PIECE_MAX`], with their flights registered (chunks already in flight left out).
-    fn background_pieces(&self, by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>>) -> Vec<Piece> {
+    /// Pieces of `class` fetching `by_pack` (chunks, their places and ranks, grouped by remote
+    /// pack): per pack in offset order, coalesced over gaps under [`PREFETCH_GAP`] into pieces
+    /// of at most [`PIECE_MAX`], with their flights registered (chunks already in flight left
+    /// out); lowest rank first.
+    fn background_pieces(
+        &self,
+        by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>>,
+        class: Class,
+    ) -> Vec<Piece> {
         let mut pieces = Vec::new();
         let mut flights = self.read.flights.lock().unwrap();
         for (pack, mut chunks) in by_pack {
-            chunks.sort_by_key(|(_, l)| l.offset);
+            chunks.sort_by_key(|(_, l, _)| l.offset);
             let mut cur: Vec<(Digest, RemoteLocator, watch::Sender<Landing>)> = Vec::new();
-            for (id, loc) in chunks {
+            let mut rank = usize::MAX;
+            for (id, loc, r) in chunks {
                 if flights.contains_key(&id) {
                     continue;
                 }
@@ -364,33 +437,36 @@ impl Store {
                     if loc.offset > end + PREFETCH_GAP
                         || loc.offset + u64::from(loc.stored_len) - first.offset > PIECE_MAX
                     {
-                        pieces.push(Piece { pack, what: PieceKind::Known(std::mem::take(&mut cur)), demand: false });
+                        let what = PieceKind::Known(std::mem::take(&mut cur));
+                        pieces.push((std::mem::replace(&mut rank, usize::MAX), Piece { pack, what, class: class.clone() }));
                     }
                 }
                 let (tx, rx) = watch::channel(None);
                 flights.insert(id, rx);
                 cur.push((id, loc, tx));
+                rank = rank.min(r);
             }
             if !cur.is_empty() {
-                pieces.push(Piece { pack, what: PieceKind::Known(cur), demand: false });
+                pieces.push((rank, Piece { pack, what: PieceKind::Known(cur), class: class.clone() }));
             }
         }
-        pieces
+        pieces.sort_by_key(|(rank, _)| *rank);
+        pieces.into_iter().map(|(_, p)| p).collect()
     }
 
     /// The rest of a large file being read in many places (a library faulted through by mmap):
-    /// background pieces for every chunk of it not here and not in flight.
-    fn rest_of_file(&self, file: &FileRecord) -> Result<Vec<Piece>> {
-        let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>> = HashMap::new();
+    /// pieces of `class` for every chunk of it not here and not in flight.
+    fn rest_of_file(&self, file: &FileRecord, class: Class) -> Result<Vec<Piece>> {
+        let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
-        for c in &file.chunks {
+        for (rank, c) in file.chunks.iter().enumerate() {
             if seen.insert(c.id)
                 && let Some(loc) = self.to_fetch(&c.id)?
             {
-                by_pack.entry(loc.pack).or_default().push((c.id, loc));
+                by_pack.entry(loc.pack).or_default().push((c.id, loc, rank));
             }
         }
-        Ok(self.background_pieces(by_pack))
+        Ok(self.background_pieces(by_pack, class))
     }
 
     /// Where to fetch chunk `id` from, unless it is in memory or here (or S3 has no place).
@@ -401,23 +477,92 @@ impl Store {
         Ok(self.index.remote_place(id)?.map(|p| p.loc))
     }
 
-    /// Sends the pieces' GETs on the I/O runtime; each piece's chunks are checked and kept as
-    /// it arrives. Returns at once.
+    /// Sends the pieces' GETs on the I/O runtime, each when its class allows (see [`Class`]);
+    /// each piece's chunks are checked and kept as it arrives. Returns at once.
     pub(crate) fn launch(self: &Arc<Self>, pieces: Vec<Piece>) -> Result<()> {
         let remote = self.remote_or_err()?.clone();
         for p in pieces {
             let (store, remote) = (Pending::start(self), remote.clone());
-            let background = self.read.background.clone();
+            let permits = match &p.class {
+                Class::Demand => None,
+                Class::Background => Some(self.read.background.clone()),
+                Class::Prefetch(_) => Some(self.read.prefetch.clone()),
+            };
+            let hurry = permits.as_ref().map(|_| self.queue(&p));
             remote.clone().handle().spawn(async move {
-                let _permit = match p.demand {
-                    true => None,
-                    false => background.acquire_owned().await.ok(),
+                let _permit = match (permits, &hurry) {
+                    (Some(permits), Some(hurry)) => tokio::select! {
+                        biased;
+                        _ = hurry.notified() => None,
+                        p = permits.acquire_owned() => p.ok(),
+                    },
+                    _ => None,
                 };
+                if let Some(h) = &hurry {
+                    store.dequeue(&p, h);
+                }
+                // Dropped unsent: its flights end, and their readers (if any) fetch on demand.
+                if store.read.stopping.load(Relaxed) || matches!(&p.class, Class::Prefetch(r) if r.stopped.load(Relaxed)) {
+                    return store.abandon(p);
+                }
                 let got = get_piece(&remote, &p).await;
+                if let (Class::Prefetch(run), Err(e)) = (&p.class, &got)
+                    && !place_is_wrong(e)
+                {
+                    if !run.stopped.swap(true, Relaxed) {
+                        tracing::warn!(tree = %run.tree, "prefetch by {} stopped: {e}", run.what);
+                    }
+                    return store.abandon(p);
+                }
                 let _ = tokio::task::spawn_blocking(move || store.land(p, got)).await;
             });
         }
         Ok(())
+    }
+
+    /// Puts the chunks of a piece waiting for a permit in line; the `Notify` sends it at once.
+    fn queue(&self, p: &Piece) -> Arc<tokio::sync::Notify> {
+        let n = Arc::new(tokio::sync::Notify::new());
+        if let PieceKind::Known(chunks) = &p.what {
+            let mut q = self.read.queued.lock().unwrap();
+            for (id, _, _) in chunks {
+                q.insert(*id, n.clone());
+            }
+        }
+        n
+    }
+
+    fn dequeue(&self, p: &Piece, n: &Arc<tokio::sync::Notify>) {
+        if let PieceKind::Known(chunks) = &p.what {
+            let mut q = self.read.queued.lock().unwrap();
+            for (id, _, _) in chunks {
+                if q.get(id).is_some_and(|m| Arc::ptr_eq(m, n)) {
+                    q.remove(id);
+                }
+            }
+        }
+    }
+
+    /// A reader waits for chunk `id`: if it is in a piece still in line, that piece goes now.
+    pub(crate) fn hurry(&self, id: &Digest) {
+        if let Some(n) = self.read.queued.lock().unwrap().get(id) {
+            n.notify_one();
+        }
+    }
+
+    /// The store is closing: background pieces still in line are dropped, none is sent any
+    /// more (those in the air land; [`Store::settle`] waits for them).
+    pub fn stop_background(&self) {
+        self.read.stopping.store(true, Relaxed);
+        self.read.background.close();
+        self.read.prefetch.close();
+    }
+
+    /// Drops a piece unsent: its flights end (their readers, if any, fetch on demand).
+    fn abandon(&self, p: Piece) {
+        if let PieceKind::Known(chunks) = &p.what {
+            self.retire(chunks.iter().map(|(id, _, tx)| (id, tx)));
+        }
     }
 
     /// [`Store::launch`] for a thread that may block: sends the GETs, [`BACKGROUND_GETS`] at a
@@ -571,14 +716,14 @@ fn cut(pack: Digest, chunks: Vec<(Digest, RemoteLocator, watch::Sender<Landing>)
         cur.push(c);
         let limit = if pieces.is_empty() { DEMAND_PIECE } else { piece };
         if bytes >= limit {
-            let demand = pieces.is_empty();
-            pieces.push(Piece { pack, what: PieceKind::Known(std::mem::take(&mut cur)), demand });
+            let class = if pieces.is_empty() { Class::Demand } else { Class::Background };
+            pieces.push(Piece { pack, what: PieceKind::Known(std::mem::take(&mut cur)), class });
             bytes = 0;
         }
     }
     if !cur.is_empty() {
-        let demand = pieces.is_empty();
-        pieces.push(Piece { pack, what: PieceKind::Known(cur), demand });
+        let class = if pieces.is_empty() { Class::Demand } else { Class::Background };
+        pieces.push(Piece { pack, what: PieceKind::Known(cur), class });
     }
     pieces
 }

@@ -10,6 +10,7 @@
 //! push.rs    a root and the data S3 lacks, up
 //! fetch.rs   lazy lookup of remote roots: metadata fetched, checked and recorded
 //! lazy.rs    chunk fetches on read: parallel pieces, growing readahead, neighbours, flights
+//! profile.rs access profiles: recorded on read, pushed merged, prefetched on first lookup
 //! pull.rs    a whole root down
 //! evict.rs   the byte budget of fetched data
 //! claims.rs  build claims (build a digest once across hosts)
@@ -39,6 +40,7 @@ pub mod fetch;
 pub mod format;
 pub mod lazy;
 pub mod memory;
+pub mod profile;
 pub mod pull;
 pub mod push;
 pub mod s3;

@@ -761,3 +761,242 @@ fn over_a_near_link_a_read_fetches_only_what_it_reads() {
     assert_eq!(b.store.read.whole_files.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert_eq!(file_bytes(&b.store, &d, "small/f29").unwrap(), std::fs::read(src.path().join("small/f29")).unwrap());
 }
+
+/// A host that takes no small root whole (so that what a profile brings is all it fetches).
+fn profiled_host(mem: &Arc<MemoryStore>, cache: Option<u64>, trust: crate::remote::trust::Trust) -> Host {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        remote: Some(Backend::Object(mem.clone())),
+        policy: policy(),
+        cache_bytes: cache,
+        prefetch_below: 0,
+        trust,
+        ..Default::default()
+    };
+    let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
+    Host { _dir: dir, store: Arc::new(store) }
+}
+
+/// Reads `paths` of root `d` on `store` as the mount does (recording them), and pushes the
+/// profile; returns the chunks it holds.
+fn read_and_push_profile(store: &Store, d: &crate::Digest, paths: &[&str]) -> Vec<crate::Digest> {
+    for p in paths {
+        let f = record(store, d, p).unwrap();
+        store.touched(d, &f, 0, f.size as usize);
+        store.read(&f, 0, f.size as usize).unwrap();
+    }
+    let r = store.push_profile(&d.to_hex()).unwrap();
+    assert!(r.written > 0 && r.written == r.recorded + r.there, "{r:?}");
+    store.recorded(d)
+}
+
+/// Waits until `store` fetched at least `bytes`, or fails naming what it did fetch.
+fn wait_fetched(store: &Store, bytes: u64) {
+    let t = Instant::now();
+    while store.cache_stats().fetched_bytes < bytes {
+        assert!(t.elapsed() < Duration::from_secs(10), "prefetch stalled: {:?}", store.cache_stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_second_host_prefetches_what_the_first_read_hottest_first_and_nothing_else() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let a = profiled_host(&mem, None, Default::default());
+    a.store.resolve(&d.to_hex()).unwrap();
+    let hot = ["small/f7", "big/b.bin", "small/f2"];
+    let recorded = read_and_push_profile(&a.store, &d, &hot);
+    let b_bin = record(&a.store, &d, "big/b.bin").unwrap();
+    assert_eq!(recorded.len(), 2 + b_bin.chunks.len(), "first-touch order, each chunk once");
+    assert_eq!(recorded[0], record(&a.store, &d, "small/f7").unwrap().chunks[0].id);
+    // A second reader on the first host adds to the profile; S3's keeps its order.
+    let f9 = record(&a.store, &d, "small/f9").unwrap();
+    a.store.touched(&d, &f9, 0, 10);
+    let r = a.store.push_profile(&d.to_hex()).unwrap();
+    assert_eq!((r.there, r.written), (recorded.len(), recorded.len() + 1));
+    let p = super::profile::Profile::parse(&mem.object(&super::profile::profile_key(&d)).unwrap()).unwrap();
+    assert_eq!(p.chunks[..recorded.len()], recorded[..]);
+    assert_eq!(a.store.push_profile(&d.to_hex()).unwrap().written, 0, "nothing new: nothing written");
+
+    // The second host: the lookup brings the profile, which brings the hot chunks, at once.
+    mem.faults(|f| f.latency = Duration::from_millis(5));
+    let rt = runtime();
+    let h = profiled_host(&mem, None, Default::default());
+    let store = h.store.clone();
+    rt.block_on(store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    let hot_bytes: u64 =
+        hot.iter().chain(["small/f9"].iter()).map(|p| std::fs::metadata(src.path().join(p)).unwrap().len()).sum();
+    wait_fetched(&store, hot_bytes);
+    assert!(store.settle(Duration::from_secs(10)));
+    let s = store.profile_stats();
+    assert_eq!(s.profiles_used, 1);
+    assert!((1..=6).contains(&s.prefetch_gets), "{s:?}: coalesced GETs");
+    // Only what the profile names (and the gaps of its GETs): not the 12 MiB file.
+    assert!(store.cache_stats().fetched_bytes < 10 << 20, "{:?}", store.cache_stats());
+    mem.faults(|f| f.outage = true);
+    for p in hot.iter().chain(["small/f9"].iter()) {
+        assert_eq!(file_bytes(&store, &d, p).unwrap(), std::fs::read(src.path().join(p)).unwrap(), "{p}");
+    }
+    assert!(file_bytes(&store, &d, "big/a.bin").is_err(), "not in the profile, not here");
+}
+
+#[test]
+fn a_profile_from_an_older_artifact_version_or_an_untrusted_key_is_ignored() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    // An older version of the artifact: another tree, its own profile.
+    let old_src = small_tree(3);
+    let a = profiled_host(&mem, None, Default::default());
+    let old = a.store.ingest(old_src.path(), None).unwrap().root;
+    a.store.push(&old.to_hex(), &|_, _| {}).unwrap();
+    let f = record(&a.store, &old, "f").unwrap();
+    a.store.touched(&old, &f, 0, 1);
+    a.store.push_profile(&old.to_hex()).unwrap();
+    // Copied over the new version's key: it names the old tree, and is ignored.
+    let old_profile = mem.object(&super::profile::profile_key(&old)).unwrap();
+    mem.insert(&super::profile::profile_key(&d), old_profile.to_vec());
+    let rt = runtime();
+    let h = profiled_host(&mem, None, Default::default());
+    rt.block_on(h.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    assert!(h.store.settle(Duration::from_secs(10)));
+    assert_eq!(h.store.profile_stats().profiles_used, 0);
+    assert_eq!(h.store.cache_stats().fetched_bytes, 0);
+
+    // A profile of the right tree signed by a key this host does not trust: ignored when
+    // signatures are required; a trusted one is used. The root is the builder's.
+    let (mallory, builder) = (key("mallory"), key("builder-1"));
+    let mut root = format::RootObject::parse(&mem.object(&format::root_key(&d.to_hex())).unwrap()).unwrap();
+    root.sign(&d.to_hex(), &builder);
+    mem.insert(&format::root_key(&d.to_hex()), root.encode());
+    let evil = trusting(&mem, Some(&mallory), &[&builder]);
+    evil.store.resolve(&d.to_hex()).unwrap();
+    let f3 = record(&evil.store, &d, "small/f3").unwrap();
+    evil.store.touched(&d, &f3, 0, 1);
+    evil.store.push_profile(&d.to_hex()).unwrap();
+    let t = crate::remote::trust::Trust { trusted: vec![builder.public()], ..Default::default() };
+    let h2 = profiled_host(&mem, None, t.clone());
+    rt.block_on(h2.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    assert!(h2.store.settle(Duration::from_secs(10)));
+    assert_eq!(h2.store.profile_stats().profiles_used, 0, "mallory's profile is not used");
+    let signed = trusting(&mem, Some(&builder), &[]);
+    signed.store.resolve(&d.to_hex()).unwrap();
+    let f4 = record(&signed.store, &d, "small/f4").unwrap();
+    signed.store.touched(&d, &f4, 0, 1);
+    assert_eq!(signed.store.push_profile(&d.to_hex()).unwrap().there, 0, "mallory's is replaced, not merged");
+    let h3 = profiled_host(&mem, None, t);
+    rt.block_on(h3.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    assert!(h3.store.settle(Duration::from_secs(10)));
+    assert_eq!(h3.store.profile_stats().profiles_used, 1);
+}
+
+#[test]
+fn readahead_and_prefetch_respect_the_cache_budget() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    let a = profiled_host(&mem, None, Default::default());
+    a.store.resolve(&d.to_hex()).unwrap();
+    read_and_push_profile(&a.store, &d, &["big/a.bin", "big/b.bin"]);
+    // A budget of 8 MiB: prefetch takes at most half of it, readahead an eighth (1 MiB).
+    let rt = runtime();
+    let h = profiled_host(&mem, Some(8 << 20), Default::default());
+    let store = h.store.clone();
+    rt.block_on(store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    assert!(store.settle(Duration::from_secs(10)));
+    let s = store.profile_stats();
+    assert!(s.prefetch_gets > 0 && s.prefetch_bytes <= 4 << 20, "{s:?}");
+    assert!(store.cache_stats().fetched_bytes <= 4 << 20, "{:?}", store.cache_stats());
+    let before = store.remote().unwrap().traffic().get_bytes;
+    let f = record(&store, &d, "big/b.bin").unwrap();
+    store.read(&f, 0, 1).unwrap();
+    assert!(store.settle(Duration::from_secs(10)));
+    let got = store.remote().unwrap().traffic().get_bytes - before;
+    // A window of 1 MiB: the chunk read and the ones that start within a MiB of it; 4 MiB (the
+    // first window without a budget) or more otherwise.
+    let largest = f.chunks.iter().map(|c| u64::from(c.len)).max().unwrap();
+    assert!(got <= (1 << 20) + largest + 4096 && got < 4 << 20, "{got} bytes for one read with an 8 MiB budget");
+}
+
+#[test]
+fn a_demand_read_under_a_full_prefetch_queue_completes_within_one_request() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let a = profiled_host(&mem, None, Default::default());
+    a.store.resolve(&d.to_hex()).unwrap();
+    let mut all: Vec<String> = (0..30).map(|i| format!("small/f{i}")).collect();
+    all.extend(["big/a.bin".into(), "big/b.bin".into()]);
+    read_and_push_profile(&a.store, &d, &all.iter().map(String::as_str).collect::<Vec<_>>());
+    let latency = Duration::from_millis(200);
+    mem.faults(|f| f.latency = latency);
+    let rt = runtime();
+    let h = profiled_host(&mem, None, Default::default());
+    let store = h.store.clone();
+    // Every prefetch permit taken: the whole profile waits in line.
+    let held = rt.block_on(store.read.prefetch.clone().acquire_many_owned(lazy::PREFETCH_GETS as u32)).unwrap();
+    rt.block_on(store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    let t = Instant::now();
+    while store.profile_stats().prefetch_gets == 0 {
+        assert!(t.elapsed() < latency * 5, "no prefetch planned");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A chunk in line: its piece is sent at once for the reader.
+    let f = record(&store, &d, "big/a.bin").unwrap();
+    let t = Instant::now();
+    let got = rt.block_on(store.read_async(f.clone(), 7 << 20, 4096)).unwrap();
+    assert!(got[..] == pseudo_random(12 << 20, 1)[7 << 20..(7 << 20) + 4096]);
+    assert!(t.elapsed() < latency * 2, "a demand read took {:?} behind a full prefetch queue", t.elapsed());
+    let t = Instant::now();
+    assert_eq!(file_bytes(&store, &d, "small/f11").unwrap(), std::fs::read(src.path().join("small/f11")).unwrap());
+    assert!(t.elapsed() < latency * 2, "a blocking read took {:?} behind a full prefetch queue", t.elapsed());
+    drop(held);
+    assert!(store.settle(Duration::from_secs(20)));
+    assert!(store.cache_stats().fetched_bytes >= 21 << 20, "the rest of the profile landed");
+}
+
+#[test]
+fn prefetch_stops_on_s3_outage_and_on_close_with_no_task_left() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    let a = profiled_host(&mem, None, Default::default());
+    a.store.resolve(&d.to_hex()).unwrap();
+    // Every other chunk of the large files: one piece each (gaps too wide to read over).
+    let mut n = 0;
+    for p in ["big/a.bin", "big/b.bin"] {
+        let f = record(&a.store, &d, p).unwrap();
+        for c in f.chunks.iter().step_by(2) {
+            a.store.touched(&d, &f, c.offset, 1);
+            n += 1;
+        }
+    }
+    a.store.push_profile(&d.to_hex()).unwrap();
+    let rt = runtime();
+    for outage in [true, false] {
+        let h = profiled_host(&mem, None, Default::default());
+        let store = h.store.clone();
+        // Every permit taken: the whole profile waits in line.
+        let mut held = rt.block_on(store.read.prefetch.clone().acquire_many_owned(lazy::PREFETCH_GETS as u32)).unwrap();
+        rt.block_on(store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+        let t = Instant::now();
+        while store.profile_stats().prefetch_gets == 0 {
+            assert!(t.elapsed() < Duration::from_secs(5), "no prefetch planned");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(store.profile_stats().prefetch_gets >= n as u64 - 1, "{:?}", store.profile_stats());
+        let gets = mem.gets.load(std::sync::atomic::Ordering::Relaxed);
+        let t = Instant::now();
+        if outage {
+            // One permit free: the pieces go one at a time, into an outage.
+            mem.faults(|f| f.outage = true);
+            drop(held.split(1));
+        } else {
+            store.stop_background();
+        }
+        assert!(store.settle(Duration::from_secs(5)), "prefetch tasks left after {}", ["close", "an outage"][outage as usize]);
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?} to stop", t.elapsed());
+        let errors = store.remote().unwrap().traffic().errors;
+        assert!(errors <= 2, "{errors} failed GETs: the prefetch went on after S3 failed");
+        assert_eq!(mem.gets.load(std::sync::atomic::Ordering::Relaxed), gets, "nothing was fetched");
+        mem.faults(|f| f.outage = false);
+        drop(held);
+    }
+}
