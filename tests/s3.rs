@@ -562,3 +562,78 @@ fn over_a_wan_link_small_files_do_not_cost_a_round_trip_each() {
     drop(s3);
     assert_same_tree(&src, &m.path(&small));
 }
+
+fn status_json(env: &Env) -> serde_json::Value {
+    serde_json::from_str(env.run(["--json", "status"]).ok()).unwrap()
+}
+
+#[test]
+fn a_second_host_prefetches_the_profile_the_first_pushed_and_stops_cleanly() {
+    let mut s3 = S3Server::start_with(vorpalfs_tests::wan::Link::wan());
+    let a = host(&s3, "prof", None);
+    let src = a.path("src");
+    for i in 0..200 {
+        write(&src.join(format!("lib/m{i:03}.py")), format!("# module {i}\n").repeat(40 + i).as_bytes());
+    }
+    write(&src.join("big.bin"), &random_bytes(72 << 20, 6));
+    let digest = a.add(&src);
+    a.run(["push", &digest]).ok();
+    // What "the program" reads: every fourth module and the first 6 MiB of the big file.
+    let hot: Vec<String> = (0..200).step_by(4).map(|i| format!("lib/m{i:03}.py")).collect();
+    let read_hot = |root: &Path| {
+        for p in &hot {
+            assert_eq!(fs::read(root.join(p)).unwrap(), fs::read(src.join(p)).unwrap(), "{p}");
+        }
+        let mut head = vec![0u8; 6 << 20];
+        std::io::Read::read_exact(&mut fs::File::open(root.join("big.bin")).unwrap(), &mut head).unwrap();
+        assert!(head == random_bytes(72 << 20, 6)[..6 << 20]);
+    };
+
+    // The first host reads it through its lazy mount, and publishes what it read.
+    let b = host(&s3, "prof", None);
+    let m = b.mount();
+    read_hot(&m.path(&digest));
+    let st = status_json(&b);
+    assert!(st["profiles"]["recorded_chunks"].as_u64().unwrap() >= 50, "{}", st["profiles"]);
+    let r = b.run(["profile", "push", &digest]);
+    assert!(r.ok().is_empty() && r.stderr.contains("chunks pushed"), "{}", r.stderr);
+    b.run(["profile", "push", "no-such-root"]).fails_with(&["no-such-root"]);
+    drop(m);
+    // Without a daemon nothing was recorded: the error says so.
+    b.run(["profile", "push", &digest]).fails_with(&["nothing of", "read through the mount"]);
+
+    // A second host: the first lookup brings the hot set in the background, before any read.
+    let c = host(&s3, "prof", None);
+    let m = c.mount();
+    assert!(m.path(&digest).join("lib").is_dir());
+    let want: u64 = hot.iter().map(|p| fs::metadata(src.join(p)).unwrap().len()).sum::<u64>() + (6 << 20);
+    let t = Instant::now();
+    let fetched = || status_json(&c)["chunk_cache"]["fetched_bytes"].as_u64().unwrap();
+    while fetched() < want {
+        assert!(t.elapsed() < Duration::from_secs(30), "prefetched {} of {want} bytes: {}", fetched(), status_json(&c));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = status_json(&c);
+    assert_eq!(st["profiles"]["profiles_used"], 1, "{st}");
+    assert!(fetched() < want + (8 << 20), "prefetch fetched {} bytes for a hot set of {want}", fetched());
+    // All of it is here: the program runs with S3 gone.
+    s3.proxy_down();
+    drop_caches();
+    read_hot(&m.path(&digest));
+    let text = c.run(["status"]);
+    assert!(text.ok().contains("from S3: 1 used, prefetching"), "{}", text.stdout);
+    s3.proxy_up();
+    drop(m);
+
+    // A host unmounting (or losing S3) while its prefetch is under way stops it at once.
+    let d = host(&s3, "prof", None);
+    let mut m = d.mount();
+    assert!(m.path(&digest).join("lib").is_dir());
+    s3.proxy_down();
+    let t = Instant::now();
+    d.run(["umount"]).ok();
+    assert!(m.wait().success());
+    assert!(t.elapsed() < Duration::from_secs(15), "unmount took {:?} with a prefetch under way", t.elapsed());
+    let stopped = m.log().matches("prefetch by profile stopped").count();
+    assert!(stopped <= 1, "{stopped} lines for one stopped prefetch:\n{}", m.log());
+}

@@ -6,7 +6,8 @@
 #       compiling and running a small program, and reading the Rust book's 659 small files one
 #       after another (as an interpreter importing its library would) — on the lazy mount, the
 #       Vorpal way (one GET of the tar.zst, unpack, run) and a smarter download (ten ranged GETs
-#       at once, unpack, run);
+#       at once, unpack, run); each once more on a second empty host after the first pushed
+#       the access profile of that workload (then removed, so each row has its own);
 #   (a) vorpalfs: mount from an empty cache and read 5% of the files (every 20th, sorted), 8 at
 #       a time as a build tool would;
 #   (b) vorpalfs pull of the whole artifact into an empty cache;
@@ -69,7 +70,7 @@ wan_pid=$WAN_PID
 # `link`: connections requests bytes_up bytes_down through the link so far.
 link() { echo >&"${WAN[1]}"; read -r -u "${WAN[0]}" a b c d; echo "$a $b $c $d"; }
 cleanup() {
-  for s in a b c d e; do VORPALFS_STORE_DIR="$work/$s" "$B" umount >/dev/null 2>&1 || true; done
+  for s in a b c d e f; do VORPALFS_STORE_DIR="$work/$s" "$B" umount >/dev/null 2>&1 || true; done
   fusermount3 -u "$work/mnt-d" 2>/dev/null || true
   kill $srv $wan_pid 2>/dev/null || true
   rm -rf "$work"
@@ -91,6 +92,7 @@ elif op == "get1":
     with open(sys.argv[4], "wb") as f:
         for part in iter(lambda: body.read(1 << 20), b""):
             f.write(part)
+elif op == "rm": c.delete_object(Bucket="bench", Key=sys.argv[3])
 elif op == "get10":
     # Ten ranged GETs at once.
     from boto3.s3.transfer import TransferConfig
@@ -161,12 +163,27 @@ if [ -x "$tree/bin/rustc" ]; then
     t0=$(now); "w_$w" "$work/mnt-e/$d"; t1=$(now)
     read -r _ r1 _ b1 <<<"$(link)"
     lazy=$(sec "$t0" "$t1")
+    VORPALFS_STORE_DIR="$work/e" "$B" profile push "$d" 2>/dev/null
     VORPALFS_STORE_DIR="$work/e" "$B" umount > /dev/null
     echo "(e) $w: vorpalfs lazy $lazy s ($((r1 - r0)) requests, $((b1 - b0)) bytes) | Vorpal way $vorpal s -> $(ratio "$vorpal" "$lazy")x | smarter download $smart s -> $(ratio "$smart" "$lazy")x"
     record s3 "wan_${w}_lazy" "$lazy" s "$(ratio "$vorpal" "$lazy")"
     record s3 "wan_${w}_vs_smarter" "$lazy" s "$(ratio "$smart" "$lazy")"
     record s3 "wan_${w}_requests" "$((r1 - r0))" requests
     record s3 "wan_${w}_bytes" "$((b1 - b0))" bytes
+    # A second empty host, with the profile the first pushed: the clock starts at the lookup.
+    rm -rf "$work/f"
+    VORPALFS_STORE_DIR="$work/f" "$B" mount "$work/mnt-f" > /dev/null
+    cold
+    read -r _ r0 _ b0 <<<"$(link)"
+    t0=$(now); "w_$w" "$work/mnt-f/$d"; t1=$(now)
+    read -r _ r1 _ b1 <<<"$(link)"
+    second=$(sec "$t0" "$t1")
+    VORPALFS_STORE_DIR="$work/f" "$B" umount > /dev/null
+    s3py rm "v/profiles/$d"
+    echo "    second host, with the profile: $second s ($((r1 - r0)) requests, $((b1 - b0)) bytes) | Vorpal way -> $(ratio "$vorpal" "$second")x | smarter download -> $(ratio "$smart" "$second")x"
+    record s3 "wan_${w}_second_host" "$second" s "$(ratio "$vorpal" "$second")"
+    record s3 "wan_${w}_second_host_vs_smarter" "$second" s "$(ratio "$smart" "$second")"
+    record s3 "wan_${w}_second_host_bytes" "$((b1 - b0))" bytes
   done
 fi
 rm -rf "$work/unpacked"

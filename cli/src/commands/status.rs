@@ -68,7 +68,7 @@ pub fn run(settings: &Settings) -> Result<ExitCode> {
     let p = &st.profiles;
     if p.recorded_roots > 0 || p.profiles_used > 0 {
         println!(
-            "profiles     {} chunks of {} roots recorded here; {} profiles from S3 used, prefetching {} bytes in {} GETs",
+            "profiles     {} chunks of {} roots recorded here; from S3: {} used, prefetching {} bytes in {} GETs",
             p.recorded_chunks, p.recorded_roots, p.profiles_used, p.prefetch_bytes, p.prefetch_gets
         );
     }
