@@ -637,3 +637,15 @@ fn a_second_host_prefetches_the_profile_the_first_pushed_and_stops_cleanly() {
     let stopped = m.log().matches("prefetch by profile stopped").count();
     assert!(stopped <= 1, "{stopped} lines for one stopped prefetch:\n{}", m.log());
 }
+
+#[test]
+fn an_empty_or_oversized_root_object_is_named_as_a_bad_object_not_a_transport_error() {
+    // Small objects are read with one ranged GET: an empty one is a range S3 cannot satisfy
+    // (416), which is an empty object, not an error of the link.
+    let s3 = S3Server::start();
+    let a = host(&s3, "odd", None);
+    s3.put("odd/roots/empty", b"");
+    a.run(["pull", "empty"]).fails_with(&["roots/empty", "root object"]);
+    s3.put("odd/roots/huge", &vec![b'x'; 17 << 10]);
+    a.run(["pull", "huge"]).fails_with(&["roots/huge", "larger than"]);
+}

@@ -350,6 +350,11 @@ impl Filesystem for StoreFs {
         reply.error(Errno::ENOSYS);
     }
 
+    /// Nothing to flush on a read-only mount; ENOSYS stops the kernel sending it at all.
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
+    }
+
     fn read(
         &self,
         _req: &Request,

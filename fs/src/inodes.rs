@@ -97,8 +97,7 @@ impl Inodes {
         let ino = self.ino_for(parent, name);
         // The kernel holds a parent while it holds a child: it is in the table.
         let top = if parent == ROOT { ino } else { self.map.get(&parent).map_or(ROOT, |n| n.top) };
-        self.map.entry(ino).or_insert_with(|| Node { parent, name: name.to_vec(), kind, top, lookups: 0 }).lookups +=
-            1;
+        self.map.entry(ino).or_insert_with(|| Node { parent, name: name.to_vec(), kind, top, lookups: 0 }).lookups += 1;
         ino
     }
 

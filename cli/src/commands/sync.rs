@@ -123,7 +123,11 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
                                "written": r.written, "signed_by": r.signed_by})
                     )?;
                 } else if r.written == 0 {
-                    writeln!(ctx.err, "{n}: the profile in S3 ({} chunks) already has the {} read here", r.there, r.recorded)?;
+                    writeln!(
+                        ctx.err,
+                        "{n}: the profile in S3 ({} chunks) already has the {} read here",
+                        r.there, r.recorded
+                    )?;
                 } else {
                     writeln!(
                         ctx.err,

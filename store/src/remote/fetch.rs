@@ -97,8 +97,10 @@ impl Store {
     /// [`Store::resolve_remote`] on the I/O runtime (the mount's lookups must not block).
     pub async fn resolve_remote_async(self: Arc<Self>, name: String) -> Result<Option<Resolved>> {
         let remote = self.remote_or_err()?.clone();
+        let t = std::time::Instant::now();
         let Some(found) = fetch_root_object(remote.clone(), name.clone()).await? else { return Ok(None) };
         self.check_root(&name, &found.root, &found.url)?;
+        let root_ms = t.elapsed().as_millis();
         // The profile comes with the index, in parallel: no round trip more before the first
         // read, and the lookup does not wait for it.
         let profile = remote.handle().spawn(crate::remote::profile::fetch_profile(
@@ -110,10 +112,12 @@ impl Store {
             true => None,
             false => Some(fetch_index(remote, found.root.index).await?),
         };
+        let index_ms = t.elapsed().as_millis();
         let store = self.clone();
         let r = tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, found, index }))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        tracing::debug!(tree = %r.tree, root_ms, index_ms, recorded_ms = t.elapsed().as_millis(), "looked up in S3");
         self.prefetch_root(r.tree, Some(profile));
         Ok(Some(r))
     }
@@ -208,54 +212,66 @@ impl Store {
             };
             // The closure, walked from the root: every tree, file and chunk must be in the index
             // or here. The index adds places for the chunks of this closure only, and never
-            // replaces a place already known.
+            // replaces a place already known. Records the index has are written whether or not
+            // they are here (the same digest is the same bytes): no read to ask.
+            let mut trees_batch = Batch::default();
             let mut stack = vec![root.tree];
             let mut seen = std::collections::HashSet::new();
+            let mut file_digests = Vec::new();
             while let Some(t) = stack.pop() {
                 if !seen.insert(t) {
                     continue;
                 }
-                let here = self.index.has_tree(&t)?;
-                let enc = match (trees.remove(&t), here) {
-                    (Some(enc), false) => {
-                        batch.put_tree(&t, &enc);
+                let enc = match trees.remove(&t) {
+                    Some(enc) => {
+                        trees_batch.put_tree(&t, &enc);
                         enc
                     }
-                    (_, true) => self.index.tree(&t)?.ok_or(Error::Missing { what: "tree", digest: t })?,
-                    (None, false) => return Err(lacks("tree", t)),
+                    None => self.index.tree(&t)?.ok_or_else(|| lacks("tree", t))?,
                 };
                 for e in Tree::decode(&enc, &t)?.entries() {
                     match &e.kind {
                         EntryKind::Dir { digest, .. } => stack.push(*digest),
-                        EntryKind::File { digest, .. } => {
-                            if !seen.insert(*digest) {
-                                continue;
-                            }
-                            let here = self.index.has_file(digest)?;
-                            let enc = match (files.get(digest), here) {
-                                (Some(enc), false) => {
-                                    batch.put_file(digest, enc);
-                                    enc.clone()
-                                }
-                                (_, true) => {
-                                    self.index.file(digest)?.ok_or(Error::Missing { what: "file", digest: *digest })?
-                                }
-                                (None, false) => return Err(lacks("file", *digest)),
-                            };
-                            for c in FileRecord::decode(&enc, digest)?.chunks {
-                                match places.get(&c.id) {
-                                    Some(l) if self.index.has_remote_place(&c.id, &l.pack)? => {}
-                                    Some(l) => batch.put_remote(&c.id, l, Place::Unchecked),
-                                    None if self.index.has_chunk(&c.id)?
-                                        || self.index.remote_place(&c.id)?.is_some() => {}
-                                    None => return Err(lacks("the place of chunk", c.id)),
-                                }
-                            }
-                        }
-                        EntryKind::Symlink { .. } => {}
+                        EntryKind::File { digest, .. } if seen.insert(*digest) => file_digests.push(*digest),
+                        _ => {}
                     }
                 }
             }
+            // The file records and their chunks' places, on every core (a toolchain has 50k).
+            use rayon::prelude::*;
+            let mut parts = file_digests
+                .par_chunks(4096)
+                .map(|ds| {
+                    let mut b = Batch::default();
+                    for d in ds {
+                        let local;
+                        let enc = match files.get(d) {
+                            Some(enc) => {
+                                b.put_file(d, enc);
+                                enc
+                            }
+                            None => {
+                                local = self.index.file(d)?.ok_or_else(|| lacks("file", *d))?;
+                                &local
+                            }
+                        };
+                        for c in FileRecord::decode(enc, d)?.chunks {
+                            match places.get(&c.id) {
+                                Some(l) if self.index.has_remote_place(&c.id, &l.pack)? => {}
+                                Some(l) => b.put_remote(&c.id, l, Place::Unchecked),
+                                None if self.index.has_chunk(&c.id)? || self.index.remote_place(&c.id)?.is_some() => {}
+                                None => return Err(lacks("the place of chunk", c.id)),
+                            }
+                        }
+                    }
+                    Ok(b)
+                })
+                .collect::<Result<Vec<Batch>>>()?;
+            // Written in parts at once, unsynced (what S3 said is a cache here), before the root
+            // that makes them reachable: a crash between leaves records no root reaches (gc
+            // drops them) and no applied index (the next lookup fetches it again).
+            parts.push(trees_batch);
+            parts.into_par_iter().try_for_each(|b| self.index.commit_with(b, false))?;
             batch.put_meta(Meta::AppliedIndex(&root.index), b"");
         } else if !self.index.has_tree(&root.tree)? {
             // Went away (gc) between the question and now: the next lookup fetches the index.
@@ -263,7 +279,9 @@ impl Store {
         }
         self.put_root(&mut batch, &r.name, &root.tree)?;
         batch.put_meta(Meta::RootObject(&r.name), &r.found.bytes);
-        self.commit(batch)?;
+        // Unsynced: what S3 said is a cache here. A crash of the host may lose it (whole, with
+        // the places of chunks fetched since), and the next lookup asks S3 again.
+        self.index.commit_with(batch, false)?;
         let signer = self.opts.trust.trusted_signer(&root.sigs, |k, t| root.statement(&r.name, k, t));
         tracing::info!(name = r.name, tree = %root.tree, signer = signer.map(|s| s.key.as_str()), "found in S3");
         Ok(Resolved { root: r.name, tree: root.tree, remote: true })

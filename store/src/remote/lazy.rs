@@ -318,35 +318,35 @@ impl Store {
     /// The blocking half of [`Store::prefetch_root`]: sends the pieces of `profile` (hottest
     /// first), then, if the root is small (see [`SMALL_ROOT`]), of the rest of it.
     pub(crate) fn prefetch_planned(self: &Arc<Self>, tree: Digest, profile: Option<super::profile::Profile>) {
-        let mut plans = Vec::new();
+        // The profile's pieces go before the small root is even planned (a walk of its trees).
         if let Some(p) = profile {
             self.read.profiles_used.fetch_add(1, Relaxed);
             let run = Arc::new(Prefetch { tree, what: "profile", stopped: false.into() });
-            plans.push((self.plan_profile(&p, &run), run));
+            let pieces = self.plan_profile(&p, &run);
+            self.send_prefetch(pieces, &run);
         }
         let run = Arc::new(Prefetch { tree, what: "small root", stopped: false.into() });
-        plans.push((self.plan_prefetch(&tree, &run), run));
-        for (pieces, run) in plans {
-            let pieces = match pieces {
-                Ok(p) if p.is_empty() => continue,
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(tree = %tree, "no {} prefetch: {e}", run.what);
-                    continue;
-                }
-            };
-            let bytes: u64 = pieces.iter().map(|p| p.range().end - p.range().start).sum();
-            tracing::info!(tree = %tree, gets = pieces.len(), bytes, "prefetching by {}", run.what);
-            match run.what {
-                "profile" => {
-                    self.read.profile_gets.fetch_add(pieces.len() as u64, Relaxed);
-                    self.read.profile_bytes.fetch_add(bytes, Relaxed);
-                }
-                _ => drop(self.read.prefetched_gets.fetch_add(pieces.len() as u64, Relaxed)),
+        let pieces = self.plan_prefetch(&tree, &run);
+        self.send_prefetch(pieces, &run);
+    }
+
+    fn send_prefetch(self: &Arc<Self>, pieces: Result<Vec<Piece>>, run: &Prefetch) {
+        let pieces = match pieces {
+            Ok(p) if p.is_empty() => return,
+            Ok(p) => p,
+            Err(e) => return tracing::debug!(tree = %run.tree, "no {} prefetch: {e}", run.what),
+        };
+        let bytes: u64 = pieces.iter().map(|p| p.range().end - p.range().start).sum();
+        tracing::info!(tree = %run.tree, gets = pieces.len(), bytes, "prefetching by {}", run.what);
+        match run.what {
+            "profile" => {
+                self.read.profile_gets.fetch_add(pieces.len() as u64, Relaxed);
+                self.read.profile_bytes.fetch_add(bytes, Relaxed);
             }
-            if let Err(e) = self.launch(pieces) {
-                tracing::debug!("no prefetch: {e}");
-            }
+            _ => drop(self.read.prefetched_gets.fetch_add(pieces.len() as u64, Relaxed)),
+        }
+        if let Err(e) = self.launch(pieces) {
+            tracing::debug!("no prefetch: {e}");
         }
     }
 
@@ -438,7 +438,10 @@ impl Store {
                         || loc.offset + u64::from(loc.stored_len) - first.offset > PIECE_MAX
                     {
                         let what = PieceKind::Known(std::mem::take(&mut cur));
-                        pieces.push((std::mem::replace(&mut rank, usize::MAX), Piece { pack, what, class: class.clone() }));
+                        pieces.push((
+                            std::mem::replace(&mut rank, usize::MAX),
+                            Piece { pack, what, class: class.clone() },
+                        ));
                     }
                 }
                 let (tx, rx) = watch::channel(None);
@@ -502,7 +505,9 @@ impl Store {
                     store.dequeue(&p, h);
                 }
                 // Dropped unsent: its flights end, and their readers (if any) fetch on demand.
-                if store.read.stopping.load(Relaxed) || matches!(&p.class, Class::Prefetch(r) if r.stopped.load(Relaxed)) {
+                if store.read.stopping.load(Relaxed)
+                    || matches!(&p.class, Class::Prefetch(r) if r.stopped.load(Relaxed))
+                {
                     return store.abandon(p);
                 }
                 let got = get_piece(&remote, &p).await;

@@ -350,14 +350,11 @@ impl Remote {
             let backend = this.inner.backend.clone();
             let r = this
                 .call(&key, deadline, || async {
-                    // The size first: a hostile object is never read whole.
-                    match backend.size(&key).await? {
-                        None => Ok(None),
-                        Some(n) if n > limit => Err(RemoteError::TooLarge { limit }),
-                        Some(_) => match backend.get(&key, None).await? {
-                            Some(b) if b.len() as u64 > limit => Err(RemoteError::TooLarge { limit }),
-                            other => Ok(other),
-                        },
+                    // One ranged GET of one byte more than the limit: a hostile object is never
+                    // read whole, and a small one costs one round trip, not a HEAD and a GET.
+                    match backend.get(&key, Some(0..limit + 1)).await? {
+                        Some(b) if b.len() as u64 > limit => Err(RemoteError::TooLarge { limit }),
+                        other => Ok(other),
                     }
                 })
                 .await?;

@@ -75,8 +75,12 @@ impl Profile {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            format!("{PROFILE_HEADER}\ntree {}\nchunks {} {}\n", self.tree, self.chunks.len(), ids_digest(&self.chunks));
+        let mut out = format!(
+            "{PROFILE_HEADER}\ntree {}\nchunks {} {}\n",
+            self.tree,
+            self.chunks.len(),
+            ids_digest(&self.chunks)
+        );
         for s in &self.sigs {
             out.push_str(&format!("sig {}\n", s.encode()));
         }
@@ -281,9 +285,9 @@ impl Store {
             signed_by: self.opts.trust.signer.as_ref().map(|k| k.name.clone()),
             ..Default::default()
         };
-        let signed_by_us = there.as_ref().is_some_and(|p| {
-            self.opts.trust.signer.as_ref().is_none_or(|k| p.sigs.iter().any(|s| s.key == k.name))
-        });
+        let signed_by_us = there
+            .as_ref()
+            .is_some_and(|p| self.opts.trust.signer.as_ref().is_none_or(|k| p.sigs.iter().any(|s| s.key == k.name)));
         if chunks.len() > before || !signed_by_us {
             let mut p = Profile::new(r.tree, chunks);
             if let Some(k) = &self.opts.trust.signer {
@@ -330,7 +334,11 @@ impl Store {
 
     /// Prefetches `tree` on its first lookup here, in the background: the chunks of its profile
     /// (fetched with the root's metadata), hottest first, then, if the root is small, the rest.
-    pub(crate) fn prefetch_root(self: &Arc<Self>, tree: Digest, profile: Option<tokio::task::JoinHandle<Option<Profile>>>) {
+    pub(crate) fn prefetch_root(
+        self: &Arc<Self>,
+        tree: Digest,
+        profile: Option<tokio::task::JoinHandle<Option<Profile>>>,
+    ) {
         let Some(remote) = self.remote.as_ref() else { return };
         let store = crate::local::cache::Pending::start(self);
         remote.handle().clone().spawn(async move {

@@ -133,6 +133,13 @@ impl S3 {
         let o = match req.send().await {
             Ok(o) => o,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            // A range from 0 of an empty object: S3 says the range cannot be satisfied.
+            Err(e)
+                if range.as_ref().is_some_and(|r| r.start == 0)
+                    && e.raw_response().is_some_and(|r| r.status().as_u16() == 416) =>
+            {
+                return Ok(Some(Bytes::new()));
+            }
             Err(e) => return Err(sdk_err(e)),
         };
         // Straight into one buffer of the expected size: no aggregate-then-copy.

@@ -991,7 +991,11 @@ fn prefetch_stops_on_s3_outage_and_on_close_with_no_task_left() {
         } else {
             store.stop_background();
         }
-        assert!(store.settle(Duration::from_secs(5)), "prefetch tasks left after {}", ["close", "an outage"][outage as usize]);
+        assert!(
+            store.settle(Duration::from_secs(5)),
+            "prefetch tasks left after {}",
+            ["close", "an outage"][outage as usize]
+        );
         assert!(t.elapsed() < Duration::from_secs(3), "{:?} to stop", t.elapsed());
         let errors = store.remote().unwrap().traffic().errors;
         assert!(errors <= 2, "{errors} failed GETs: the prefetch went on after S3 failed");
