@@ -91,7 +91,7 @@ impl Store {
             true => None,
             false => Some(remote.wait(fetch_index(remote.clone(), found.root.index))?),
         };
-        self.record_remote_root(RemoteRoot { name: name.to_string(), found, index }).map(Some)
+        self.record_remote_root(RemoteRoot { name: name.to_string(), found, index }, |_| {}).map(Some)
     }
 
     /// [`Store::resolve_remote`] on the I/O runtime (the mount's lookups must not block).
@@ -113,12 +113,35 @@ impl Store {
             false => Some(fetch_index(remote, found.root.index).await?),
         };
         let index_ms = t.elapsed().as_millis();
+        // The profile's GET is small and started first: done by now, or not waited for.
+        let profile = match tokio::time::timeout(std::time::Duration::from_millis(50), profile).await {
+            Ok(p) => p.ok().flatten(),
+            Err(_) => None,
+        };
         let store = self.clone();
-        let r = tokio::task::spawn_blocking(move || store.record_remote_root(RemoteRoot { name, found, index }))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let tree = found.root.tree;
+        let r = tokio::task::spawn_blocking(move || {
+            let early = store.clone();
+            // The hot chunks are sent as soon as the index says where they are: they arrive
+            // while the closure is recorded.
+            let used = std::cell::Cell::new(false);
+            let r = store.record_remote_root(RemoteRoot { name, found, index }, |places| {
+                if let Some(p) = &profile {
+                    early.prefetch_profile(tree, p, Some(places));
+                    used.set(true);
+                }
+            });
+            if !used.get()
+                && let Some(p) = &profile
+            {
+                store.prefetch_profile(tree, p, None);
+            }
+            r
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         tracing::debug!(tree = %r.tree, root_ms, index_ms, recorded_ms = t.elapsed().as_millis(), "looked up in S3");
-        self.prefetch_root(r.tree, Some(profile));
+        self.prefetch_root(r.tree);
         Ok(Some(r))
     }
 
@@ -187,7 +210,13 @@ impl Store {
     }
 
     /// Checks a root fetched from S3 and records it with its metadata, in one commit.
-    fn record_remote_root(&self, r: RemoteRoot) -> Result<Resolved> {
+    /// `decoded` is called with the chunk places of the index once it is decoded (not when the
+    /// index was not fetched), before the closure is checked and recorded.
+    fn record_remote_root(
+        &self,
+        r: RemoteRoot,
+        decoded: impl FnOnce(&HashMap<Digest, RemoteLocator>),
+    ) -> Result<Resolved> {
         let _span = tracing::debug_span!("record_remote_root", name = r.name).entered();
         let root = &r.found.root;
         // From "is this tree/file here?" to the commit: gc must not remove what is reused.
@@ -205,6 +234,7 @@ impl Store {
                 }
                 Ok(())
             })?;
+            decoded(&places);
             let lacks = |what: &'static str, digest: Digest| Error::Corrupt {
                 what: "remote index",
                 digest: root.index,

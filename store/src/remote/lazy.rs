@@ -315,16 +315,23 @@ impl Store {
         blind.iter().find(|(p, r, _)| *p == rl.pack && r.start < rl.offset && end <= r.end).map(|(_, _, rx)| rx.clone())
     }
 
-    /// The blocking half of [`Store::prefetch_root`]: sends the pieces of `profile` (hottest
-    /// first), then, if the root is small (see [`SMALL_ROOT`]), of the rest of it.
-    pub(crate) fn prefetch_planned(self: &Arc<Self>, tree: Digest, profile: Option<super::profile::Profile>) {
-        // The profile's pieces go before the small root is even planned (a walk of its trees).
-        if let Some(p) = profile {
-            self.read.profiles_used.fetch_add(1, Relaxed);
-            let run = Arc::new(Prefetch { tree, what: "profile", stopped: false.into() });
-            let pieces = self.plan_profile(&p, &run);
-            self.send_prefetch(pieces, &run);
-        }
+    /// Sends the pieces of `profile` (hottest first), with the places `places` gives (the index
+    /// just decoded, not yet recorded) or, without it, those recorded here.
+    pub(crate) fn prefetch_profile(
+        self: &Arc<Self>,
+        tree: Digest,
+        profile: &super::profile::Profile,
+        places: Option<&HashMap<Digest, RemoteLocator>>,
+    ) {
+        self.read.profiles_used.fetch_add(1, Relaxed);
+        let run = Arc::new(Prefetch { tree, what: "profile", stopped: false.into() });
+        let pieces = self.plan_profile(profile, places, &run);
+        self.send_prefetch(pieces, &run);
+    }
+
+    /// The blocking half of [`Store::prefetch_root`]: the rest of a small root (see
+    /// [`SMALL_ROOT`]).
+    pub(crate) fn prefetch_small(self: &Arc<Self>, tree: Digest) {
         let run = Arc::new(Prefetch { tree, what: "small root", stopped: false.into() });
         let pieces = self.plan_prefetch(&tree, &run);
         self.send_prefetch(pieces, &run);
@@ -360,12 +367,22 @@ impl Store {
     }
 
     /// The pieces that fetch the chunks of `profile` not here, hottest first, up to the budget.
-    fn plan_profile(&self, profile: &super::profile::Profile, run: &Arc<Prefetch>) -> Result<Vec<Piece>> {
+    fn plan_profile(
+        &self,
+        profile: &super::profile::Profile,
+        places: Option<&HashMap<Digest, RemoteLocator>>,
+        run: &Arc<Prefetch>,
+    ) -> Result<Vec<Piece>> {
         let budget = self.prefetch_budget(PROFILE_BUDGET);
         let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
         let mut total = 0u64;
         for (rank, id) in profile.chunks.iter().enumerate() {
-            let Some(loc) = self.to_fetch(id)? else { continue };
+            let loc = match places {
+                Some(_) if self.chunks.contains(id) || self.index.has_chunk(id)? => None,
+                Some(p) => p.get(id).copied(),
+                None => self.to_fetch(id)?,
+            };
+            let Some(loc) = loc else { continue };
             total += u64::from(loc.stored_len) + RECORD_HEADER;
             if total > budget {
                 break;

@@ -332,24 +332,12 @@ impl Store {
         }
     }
 
-    /// Prefetches `tree` on its first lookup here, in the background: the chunks of its profile
-    /// (fetched with the root's metadata), hottest first, then, if the root is small, the rest.
-    pub(crate) fn prefetch_root(
-        self: &Arc<Self>,
-        tree: Digest,
-        profile: Option<tokio::task::JoinHandle<Option<Profile>>>,
-    ) {
+    /// Prefetches `tree` on its first lookup here, in the background, if it is small (see
+    /// `lazy.rs`); its profile was sent already ([`Store::prefetch_profile`]).
+    pub(crate) fn prefetch_root(self: &Arc<Self>, tree: Digest) {
         let Some(remote) = self.remote.as_ref() else { return };
         let store = crate::local::cache::Pending::start(self);
-        remote.handle().clone().spawn(async move {
-            let profile = match profile {
-                Some(h) => h.await.ok().flatten(),
-                None => None,
-            };
-            let s = store.clone();
-            let _ = tokio::task::spawn_blocking(move || s.prefetch_planned(tree, profile)).await;
-            drop(store);
-        });
+        remote.handle().spawn_blocking(move || store.prefetch_small(tree));
     }
 }
 

@@ -142,8 +142,10 @@ impl S3 {
             }
             Err(e) => return Err(sdk_err(e)),
         };
-        // Straight into one buffer of the expected size: no aggregate-then-copy.
-        let mut out = Vec::with_capacity(cap);
+        // Straight into one buffer of the expected size: no aggregate-then-copy (a range past
+        // the end of a small object gives fewer bytes than asked for: the length S3 gives).
+        let len = o.content_length().and_then(|n| usize::try_from(n).ok()).unwrap_or(cap);
+        let mut out = Vec::with_capacity(cap.min(len));
         let mut body = o.body;
         while let Some(part) = body.try_next().await.map_err(|e| RemoteError::Transport(chain(&e)))? {
             // A server that ignores the range is not read past it.
