@@ -91,3 +91,11 @@ pub fn root_object(data: &[u8]) {
         assert_eq!(RootObject::parse(&r.encode()), Some(r));
     }
 }
+
+/// An access profile: what parses prints back the same.
+pub fn profile(data: &[u8]) {
+    if let Some(p) = crate::remote::profile::Profile::parse(data) {
+        assert!(p.chunks.len() <= crate::remote::profile::MAX_PROFILE_CHUNKS);
+        assert_eq!(crate::remote::profile::Profile::parse(&p.encode()), Some(p));
+    }
+}

@@ -64,6 +64,7 @@ proptest! {
         fuzzing::chunk(&data);
         fuzzing::remote_index(&data);
         fuzzing::root_object(&data);
+        fuzzing::profile(&data);
         fuzzing::pack_records(&data);
     }
 
@@ -123,5 +124,11 @@ proptest! {
     fn changed_root_objects_never_break_the_parser(e in edits()) {
         let r = RootObject::new(RootKind::Result, Digest([5; 32]), Digest([6; 32]));
         fuzzing::root_object(&mutate(r.encode(), &e));
+    }
+
+    #[test]
+    fn changed_profiles_never_break_the_parser(n in 0usize..6, e in edits()) {
+        let ids = (0..n).map(|i| Digest(*blake3::hash(&[i as u8]).as_bytes())).collect();
+        fuzzing::profile(&mutate(vorpalfs_store::Profile::new(Digest([5; 32]), ids).encode(), &e));
     }
 }
