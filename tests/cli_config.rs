@@ -360,3 +360,12 @@ fn build_words_are_names_or_paths() {
     Run::from(c.output().unwrap()).ok();
     drop(mount);
 }
+
+#[test]
+fn metrics_are_served_only_on_loopback_or_a_unix_socket() {
+    let env = Env::new();
+    env.run(["--metrics", "0.0.0.0:9464", "config", "show"]).fails_with(&["0.0.0.0:9464", "only a loopback address"]);
+    let shown = show(&env, &["--metrics", "127.0.0.1:9464"]);
+    assert_eq!(shown["settings"]["metrics"]["value"], "127.0.0.1:9464", "{shown}");
+    assert_eq!(shown["settings"]["metrics"]["source"], "flag --metrics", "{shown}");
+}

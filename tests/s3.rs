@@ -563,6 +563,20 @@ fn over_a_wan_link_small_files_do_not_cost_a_round_trip_each() {
     assert_same_tree(&src, &m.path(&small));
 }
 
+/// The chunk count of a `profile push` line ("...: profile of N chunks pushed ...").
+fn r_chunks(line: &str) -> u64 {
+    line.split("profile of ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn status_json(env: &Env) -> serde_json::Value {
     serde_json::from_str(env.run(["--json", "status"]).ok()).unwrap()
 }
@@ -597,6 +611,7 @@ fn a_second_host_prefetches_the_profile_the_first_pushed_and_stops_cleanly() {
     assert!(st["profiles"]["recorded_chunks"].as_u64().unwrap() >= 50, "{}", st["profiles"]);
     let r = b.run(["profile", "push", &digest]);
     assert!(r.ok().is_empty() && r.stderr.contains("chunks pushed"), "{}", r.stderr);
+    let b_profile = r.stderr.clone();
     b.run(["profile", "push", "no-such-root"]).fails_with(&["no-such-root"]);
     drop(m);
     // Without a daemon nothing was recorded: the error says so.
@@ -604,7 +619,8 @@ fn a_second_host_prefetches_the_profile_the_first_pushed_and_stops_cleanly() {
 
     // A second host: the first lookup brings the hot set in the background, before any read.
     let c = host(&s3, "prof", None);
-    let m = c.mount();
+    let port = vorpalfs_tests::s3_server::free_port();
+    let m = c.mount_with(&c.path("mnt"), &["--metrics", &format!("127.0.0.1:{port}")]);
     assert!(m.path(&digest).join("lib").is_dir());
     let want: u64 = hot.iter().map(|p| fs::metadata(src.join(p)).unwrap().len()).sum::<u64>() + (6 << 20);
     let t = Instant::now();
@@ -622,6 +638,24 @@ fn a_second_host_prefetches_the_profile_the_first_pushed_and_stops_cleanly() {
     read_hot(&m.path(&digest));
     let text = c.run(["status"]);
     assert!(text.ok().contains("from S3: 1 used, prefetching"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains(&format!("profile of {} chunks; prefetched", r_chunks(&b_profile))),
+        "{}",
+        text.stdout
+    );
+    // The same per root, with the mount's latencies, on the metrics endpoint.
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    let value = |line: &str| -> u64 {
+        let l = metrics.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("no {line} in\n{metrics}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value(&format!("vorpalfs_root_profile_chunks{{root=\"{digest}\"}}")), r_chunks(&b_profile));
+    assert!(value(&format!("vorpalfs_root_prefetch_bytes_total{{root=\"{digest}\"}}")) >= want);
+    assert!(value("vorpalfs_fs_reads_total") > 0);
+    assert!(value("vorpalfs_fuse_op_duration_seconds_count{op=\"read\"}") > 0);
+    assert!(value("vorpalfs_fuse_op_duration_seconds_bucket{op=\"lookup\",le=\"+Inf\"}") > 0);
+    assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
     s3.proxy_up();
     drop(m);
 

@@ -82,6 +82,12 @@ pub struct Cli {
           require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub xattrs: Option<bool>,
 
+    /// Serve the daemon's counters, per-root S3 counters and FUSE latencies in the Prometheus
+    /// text format at `GET /metrics` on ADDR: a loopback `HOST:PORT` or `unix:PATH`. Off by
+    /// default.
+    #[arg(long, global = true, env = "VORPALFS_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
+
     /// Print data as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,

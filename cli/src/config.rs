@@ -80,6 +80,8 @@ pub struct File {
     pub trust_unsigned: Option<bool>,
     /// `true`: serve extended attributes on the mount (`--xattrs`).
     pub xattrs: Option<bool>,
+    /// Where the daemon serves metrics (`--metrics`).
+    pub metrics: Option<String>,
     /// `mount --threads`
     pub threads: Option<usize>,
     /// `build --jobs`

@@ -56,6 +56,8 @@ pub struct Settings {
     pub trust_unsigned: bool,
     /// The mount answers extended attribute requests (`user.vorpalfs.digest`); off by default.
     pub xattrs: bool,
+    /// Where the daemon serves metrics (none: off).
+    pub metrics: Option<String>,
     /// Whose rights a command reads and writes the client's files with (set by the daemon for
     /// each client; `None`: this process's own).
     pub creds: Option<vorpalfs_store::Creds>,
@@ -143,6 +145,12 @@ impl Settings {
         let (xattrs, o) = pick(m, "xattrs", cli.xattrs, &files, |f| f.xattrs);
         let xattrs = xattrs.unwrap_or(false);
         show("xattrs", serde_json::json!(xattrs), &o, false);
+        let (metrics, o) = pick(m, "metrics", cli.metrics.clone(), &files, |f| f.metrics.clone());
+        let metrics = nonempty(metrics);
+        if let Some(a) = &metrics {
+            crate::daemon::metrics::Endpoint::parse(a)?;
+        }
+        show("metrics", serde_json::json!(metrics), &o, false);
         // Subcommand flags: `build -j`, `mount --threads` (no environment variable).
         let last = |get: fn(&config::File) -> Option<usize>| {
             files.iter().rev().find_map(|(p, f)| get(f).map(|v| (Some(v), Origin::File(p.clone()))))
@@ -170,6 +178,7 @@ impl Settings {
             trusted_keys,
             trust_unsigned,
             xattrs,
+            metrics,
             creds: None,
             jobs,
             threads,

@@ -35,7 +35,7 @@ pub const DIGEST_XATTR: &str = "user.vorpalfs.digest";
 /// The longest entry name, as on every Linux filesystem (`statfs` reports it).
 const NAME_MAX: usize = 255;
 
-/// Counters for `vorpalfs status`.
+/// Counters for `vorpalfs status` and the metrics.
 #[derive(Debug, Default)]
 pub struct FsStats {
     pub lookups: AtomicU64,
@@ -44,6 +44,45 @@ pub struct FsStats {
     pub reads_deferred: AtomicU64,
     pub read_errors: AtomicU64,
     pub inodes: AtomicU64,
+    /// From the request to its reply (a deferred read or S3 lookup: until the task replies).
+    pub lookup_latency: Latency,
+    pub getattr_latency: Latency,
+    pub readdir_latency: Latency,
+    pub read_latency: Latency,
+}
+
+/// The upper bounds of [`Latency`]'s buckets, in microseconds (the last bucket is unbounded).
+pub const LATENCY_BUCKETS_US: [u64; 11] = [10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000, 1_000_000];
+
+/// A histogram of operation latencies: counts per bucket (not cumulative), their sum and count.
+#[derive(Debug, Default)]
+pub struct Latency {
+    pub buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    pub sum_micros: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BUCKETS_US.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Observes the time from its creation to its drop.
+struct Timed<'a>(&'a Latency, std::time::Instant);
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        self.0.observe(self.1.elapsed());
+    }
+}
+
+fn timed(l: &Latency) -> Timed<'_> {
+    Timed(l, std::time::Instant::now())
 }
 
 pub(crate) struct StoreFs {
@@ -194,7 +233,7 @@ impl StoreFs {
     }
 
     /// Looks a top-level name up in S3 on the I/O runtime, with a deadline, and answers there.
-    fn lookup_remote(&self, name: &[u8], reply: ReplyEntry) {
+    fn lookup_remote(&self, name: &[u8], reply: ReplyEntry, t0: std::time::Instant) {
         let (store, inodes, stats, slots) =
             (self.store.clone(), self.inodes.clone(), self.stats.clone(), self.slots.clone());
         let name = String::from_utf8_lossy(name).into_owned();
@@ -227,6 +266,7 @@ impl StoreFs {
             stats.inodes.store(table.len() as u64, Ordering::Relaxed);
             drop(table);
             reply.entry(&TTL, &attr(ino, &kind), Generation(0));
+            stats.lookup_latency.observe(t0.elapsed());
         });
     }
 
@@ -294,6 +334,7 @@ impl Filesystem for StoreFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = tracing::trace_span!("fuse.lookup").entered();
+        let t0 = std::time::Instant::now();
         self.stats.lookups.fetch_add(1, Ordering::Relaxed);
         // Longer names exist on no Linux filesystem; the kernel passes up to 1024 bytes here.
         if name.len() > NAME_MAX {
@@ -310,7 +351,7 @@ impl Filesystem for StoreFs {
             // Not here: a top-level name may be in S3. Asked on the I/O runtime, never on this
             // thread: a slow or silent S3 must not hold up the mount for everyone.
             Ok(None) if pk == Kind::Root && self.store.has_remote() && top_level_name(name.as_bytes()).is_some() => {
-                self.lookup_remote(name.as_bytes(), reply)
+                return self.lookup_remote(name.as_bytes(), reply, t0);
             }
             // A negative entry: only the top level can change (when a root is published).
             Ok(None) => {
@@ -318,6 +359,7 @@ impl Filesystem for StoreFs {
             }
             Err(e) => reply.error(self.fail(u64::from(parent), "lookup", &e)),
         }
+        self.stats.lookup_latency.observe(t0.elapsed());
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -328,6 +370,7 @@ impl Filesystem for StoreFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = tracing::trace_span!("fuse.getattr").entered();
+        let _t = timed(&self.stats.getattr_latency);
         match self.kind(ino) {
             Some(k) => reply.attr(&TTL, &self.attr_of(u64::from(ino), &k)),
             None => reply.error(Errno::ENOENT),
@@ -367,6 +410,7 @@ impl Filesystem for StoreFs {
         reply: ReplyData,
     ) {
         let _span = tracing::trace_span!("fuse.read").entered();
+        let t0 = std::time::Instant::now();
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let Some((Kind::File { digest, .. }, root)) = self.inodes.lock().unwrap().kind_and_root(u64::from(ino)) else {
             return reply.error(Errno::EBADF);
@@ -385,7 +429,8 @@ impl Filesystem for StoreFs {
         match self.store.read_here(&rec, offset, size as usize) {
             Ok(Some(bytes)) => {
                 self.stats.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                return reply.data(&bytes);
+                reply.data(&bytes);
+                return self.stats.read_latency.observe(t0.elapsed());
             }
             Ok(None) => {}
             Err(e) => {
@@ -399,7 +444,7 @@ impl Filesystem for StoreFs {
         let ino = u64::from(ino);
         self.rt.spawn(async move {
             let Ok(_permit) = slots.acquire_owned().await else { return reply.error(Errno::EIO) };
-            match store.read_async(rec, offset, size as usize).await {
+            match store.read_async_in(root, rec, offset, size as usize).await {
                 Ok(bytes) => {
                     stats.read_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     reply.data(&bytes)
@@ -411,6 +456,7 @@ impl Filesystem for StoreFs {
                     reply.error(errno(&e))
                 }
             }
+            stats.read_latency.observe(t0.elapsed());
         });
     }
 
@@ -444,6 +490,7 @@ impl Filesystem for StoreFs {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _span = tracing::trace_span!("fuse.readdir").entered();
+        let _t = timed(&self.stats.readdir_latency);
         let Some(kind) = self.kind(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -474,6 +521,7 @@ impl Filesystem for StoreFs {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _span = tracing::trace_span!("fuse.readdirplus").entered();
+        let _t = timed(&self.stats.readdir_latency);
         let Some(kind) = self.kind(ino) else {
             return reply.error(Errno::ENOENT);
         };

@@ -18,5 +18,5 @@ mod fuse;
 mod inodes;
 mod mount;
 
-pub use fuse::{DIGEST_XATTR, FsStats};
+pub use fuse::{DIGEST_XATTR, FsStats, LATENCY_BUCKETS_US, Latency};
 pub use mount::{FsError, MountHandle, MountOptions, Mounted, detach, is_mountpoint, mount};

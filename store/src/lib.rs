@@ -48,7 +48,7 @@ pub use ops::gc::GcReport;
 pub use ops::repair::RepairReport;
 pub use ops::stats::Stats;
 pub use ops::verify::{Problem, VerifyReport};
-pub use read::{CacheStats, FileReader};
+pub use read::{CacheStats, FileReader, RootStats};
 pub use remote::claims::Claim;
 pub use remote::profile::{Profile, ProfileReport, ProfileStats};
 pub use remote::pull::PullReport;

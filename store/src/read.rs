@@ -55,6 +55,24 @@ pub struct CacheStats {
     pub prefetch_gets: u64,
 }
 
+/// What this host fetched for one root from S3 (for `vorpalfs status` and the metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RootStats {
+    /// Chunks of the profile used for it (0: none was found).
+    pub profile_chunks: u64,
+    /// What prefetch (its profile, or the whole of a small root) asked for: GETs and bytes.
+    pub prefetch_gets: u64,
+    pub prefetch_bytes: u64,
+    /// Chunks a reader of the mount waited for S3 for.
+    pub demand_misses: u64,
+    /// GETs that landed for it (reads, readahead, neighbours, prefetch) and their bytes.
+    pub gets: u64,
+    pub fetched_bytes: u64,
+}
+
+/// Roots whose counters are kept (beyond this, new roots are not counted).
+const ROOTS_COUNTED: usize = 4096;
+
 /// The chunks `[first, last]` of `file` covering `want` bytes from `offset`.
 fn span(file: &FileRecord, offset: u64, len: usize) -> Option<(usize, usize, usize)> {
     if offset >= file.size || len == 0 {
@@ -144,15 +162,40 @@ impl Store {
         offset: u64,
         len: usize,
     ) -> impl Future<Output = Result<Bytes>> + Send + 'static {
+        self.read_async_in(None, file, offset, len)
+    }
+
+    /// [`Store::read_async`] of a file below `root` (what S3 sends for it is counted for it).
+    pub fn read_async_in(
+        self: &Arc<Self>,
+        root: Option<Digest>,
+        file: Arc<FileRecord>,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = Result<Bytes>> + Send + 'static {
         let store = self.clone();
         async move {
             let Some((first, last, want)) = span(&file, offset, len) else { return Ok(Bytes::new()) };
             let mut chunks = Vec::with_capacity(last - first + 1);
             for i in first..=last {
-                chunks.push(store.chunk_async(&file, i).await?);
+                chunks.push(store.chunk_async(&file, i, root).await?);
             }
             assemble(&file, offset, want, first, &chunks)
         }
+    }
+
+    /// Updates the counters of `root` (see [`RootStats`]).
+    pub(crate) fn count_for(&self, root: &Digest, f: impl FnOnce(&mut RootStats)) {
+        let mut roots = self.read.roots.lock().unwrap();
+        if roots.len() >= ROOTS_COUNTED && !roots.contains_key(root) {
+            return;
+        }
+        f(roots.entry(*root).or_default());
+    }
+
+    /// The counters of every root S3 sent something for.
+    pub fn root_stats(&self) -> std::collections::HashMap<Digest, RootStats> {
+        self.read.roots.lock().unwrap().clone()
     }
 
     /// A chunk's bytes if they are in the memory cache (or are the all-zero chunk).
@@ -202,7 +245,7 @@ impl Store {
         let remote = self.remote_or_err()?;
         let mut failed = None;
         for _ in 0..MAX_TRIES {
-            let flight = match self.plan_fetch(file, i) {
+            let flight = match self.plan_fetch(file, i, None) {
                 Ok(Plan::NotInS3) => return failed.map_or(Ok(None), Err),
                 Ok(Plan::Wait(f)) => f,
                 Ok(Plan::WaitNeighbours(mut landed)) => {
@@ -229,7 +272,7 @@ impl Store {
     }
 
     /// [`Store::chunk`] on the I/O runtime, one fetch per chunk however many wait for it.
-    async fn chunk_async(self: &Arc<Self>, file: &Arc<FileRecord>, i: usize) -> Result<Bytes> {
+    async fn chunk_async(self: &Arc<Self>, file: &Arc<FileRecord>, i: usize, root: Option<Digest>) -> Result<Bytes> {
         let id = file.chunks[i].id;
         if let Some(c) = self.chunk_cached(&id) {
             return Ok(c);
@@ -249,7 +292,7 @@ impl Store {
                 None => {
                     let (store, f) = (self.clone(), file.clone());
                     let try_local = !std::mem::replace(&mut local_tried, true);
-                    let miss = tokio::task::spawn_blocking(move || store.miss(&f, i, try_local))
+                    let miss = tokio::task::spawn_blocking(move || store.miss(&f, i, try_local, root))
                         .await
                         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                     match miss {
@@ -277,6 +320,11 @@ impl Store {
                     }
                 }
             };
+            if let Some(r) = &root
+                && failed.is_none()
+            {
+                self.count_for(r, |s| s.demand_misses += 1);
+            }
             match land(flight).await {
                 Ok(d) => return Ok(d),
                 Err(e) if place_is_wrong(&e) || matches!(e, Error::Abandoned) => drop(failed.get_or_insert(e)),
@@ -287,7 +335,7 @@ impl Store {
     }
 
     /// The blocking half of a miss on the async path: the local packs (once), then a plan.
-    fn miss(&self, file: &FileRecord, i: usize, try_local: bool) -> Miss {
+    fn miss(&self, file: &FileRecord, i: usize, try_local: bool, root: Option<Digest>) -> Miss {
         let id = file.chunks[i].id;
         if try_local {
             match self.chunk_local(&id) {
@@ -301,7 +349,7 @@ impl Store {
         if self.remote.is_none() {
             return Miss::Plan(Err(Error::Missing { what: "chunk", digest: id }));
         }
-        Miss::Plan(self.plan_fetch(file, i))
+        Miss::Plan(self.plan_fetch(file, i, root))
     }
 
     /// A chunk from the local packs, verified; `None` when this host has no copy.

@@ -21,7 +21,7 @@ pub fn moto_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp/vorpalfs-venv/bin/moto_server"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -58,6 +58,7 @@ fn default_of(key: &str) -> &'static str {
         "jobs" => "number of CPUs",
         "threads" => "2 per core, 4 to 16",
         "xattrs" => "false",
+        "metrics" => "off",
         _ => "unset",
     }
 }

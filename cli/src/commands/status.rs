@@ -75,6 +75,13 @@ pub fn run(settings: &Settings) -> Result<ExitCode> {
     for r in &st.from_s3 {
         let by = r.signed_by.as_deref().map_or("unsigned".to_string(), |k| format!("signed by {k}"));
         println!("from S3      {} ({}): {by}", r.name, r.tree);
+        let s = &r.stats;
+        let profile =
+            if s.profile_chunks > 0 { format!("profile of {} chunks", s.profile_chunks) } else { "no profile".into() };
+        println!(
+            "             {profile}; prefetched {} bytes in {} GETs; {} demand misses; {} bytes in {} GETs in all",
+            s.prefetch_bytes, s.prefetch_gets, s.demand_misses, s.fetched_bytes, s.gets
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,5 +7,6 @@
 //! ```
 
 pub mod client;
+pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -95,6 +95,9 @@ pub struct FromS3 {
     pub tree: Digest,
     /// The accepted key that signed it (`None`: taken unsigned, as this host allows).
     pub signed_by: Option<String>,
+    /// What S3 sent for it here: profile, prefetch, demand misses, GETs and bytes.
+    #[serde(default)]
+    pub stats: vorpalfs_store::RootStats,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

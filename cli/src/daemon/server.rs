@@ -110,6 +110,12 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
             }
         })?;
     }
+    if let Some(at) = &daemon.settings.metrics {
+        let at = super::metrics::Endpoint::parse(at)?;
+        let d = daemon.clone();
+        super::metrics::serve(&at, move || super::metrics::render(&d.status(), &d.mounted.stats))?;
+        tracing::info!(at = ?at, "serving metrics");
+    }
     if daemon.settings.cache_size.is_some() && daemon.store.has_remote() {
         // Fetches evict as they go; this catches what reads alone brought past the budget.
         let d = daemon.clone();
@@ -251,6 +257,7 @@ impl Daemon {
 
     fn status(&self) -> Status {
         let f = &self.mounted.stats;
+        let roots = self.store.root_stats();
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Status {
             pid: std::process::id(),
@@ -272,7 +279,12 @@ impl Daemon {
                 .roots_from_s3()
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(name, tree, sig)| FromS3 { name, tree, signed_by: sig.map(|s| s.key) })
+                .map(|(name, tree, sig)| FromS3 {
+                    name,
+                    tree,
+                    signed_by: sig.map(|s| s.key),
+                    stats: roots.get(&tree).copied().unwrap_or_default(),
+                })
                 .collect(),
             chunk_cache: self.store.cache_stats().into(),
             index_memory: self.store.index_memory(),

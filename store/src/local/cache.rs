@@ -115,6 +115,8 @@ pub(crate) struct ReadState {
     pub profiles_used: AtomicU64,
     pub profile_gets: AtomicU64,
     pub profile_bytes: AtomicU64,
+    /// Per root: what S3 sent for it.
+    pub roots: Mutex<HashMap<Digest, crate::read::RootStats>>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     /// Bytes (uncompressed) fetched from S3 and checked.
@@ -185,6 +187,7 @@ impl Default for ReadState {
             profiles_used: AtomicU64::new(0),
             profile_gets: AtomicU64::new(0),
             profile_bytes: AtomicU64::new(0),
+            roots: Default::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),

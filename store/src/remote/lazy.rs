@@ -104,6 +104,8 @@ pub(crate) struct Piece {
     pack: Digest,
     what: PieceKind,
     class: Class,
+    /// The root a reader read it for (for the per-root counters), if known.
+    root: Option<Digest>,
 }
 
 /// Who waits for a piece, which says when it is sent.
@@ -206,9 +208,9 @@ impl Store {
         (r.next, r.window, r.misses) = (next, window, r.misses.saturating_add(1));
     }
 
-    /// Plans the fetch of chunk `i` of `file` (blocking: index lookups) and registers the
-    /// flights of what it will fetch.
-    pub(crate) fn plan_fetch(&self, file: &FileRecord, i: usize) -> Result<Plan> {
+    /// Plans the fetch of chunk `i` of `file` (blocking: index lookups), read below `root` if
+    /// known, and registers the flights of what it will fetch.
+    pub(crate) fn plan_fetch(&self, file: &FileRecord, i: usize, root: Option<Digest>) -> Result<Plan> {
         let id = file.chunks[i].id;
         if let Some(f) = self.flight(&id) {
             self.hurry(&id);
@@ -294,7 +296,15 @@ impl Store {
             let (tx, rx) = watch::channel(false);
             let range = blind_from..blind_from.saturating_add(size);
             self.read.blind.lock().unwrap().push((rl.pack, range.clone(), rx));
-            pieces.push(Piece { pack: rl.pack, what: PieceKind::Blind(range, tx), class: Class::Background });
+            pieces.push(Piece {
+                pack: rl.pack,
+                what: PieceKind::Blind(range, tx),
+                class: Class::Background,
+                root: None,
+            });
+        }
+        for p in &mut pieces {
+            p.root = root;
         }
         Ok(Plan::Send(pieces, wait))
     }
@@ -324,6 +334,7 @@ impl Store {
         places: Option<&HashMap<Digest, RemoteLocator>>,
     ) {
         self.read.profiles_used.fetch_add(1, Relaxed);
+        self.count_for(&tree, |s| s.profile_chunks = profile.chunks.len() as u64);
         let run = Arc::new(Prefetch { tree, what: "profile", stopped: false.into() });
         let pieces = self.plan_profile(profile, places, &run);
         self.send_prefetch(pieces, &run);
@@ -352,6 +363,10 @@ impl Store {
             }
             _ => drop(self.read.prefetched_gets.fetch_add(pieces.len() as u64, Relaxed)),
         }
+        self.count_for(&run.tree, |s| {
+            s.prefetch_gets += pieces.len() as u64;
+            s.prefetch_bytes += bytes;
+        });
         if let Err(e) = self.launch(pieces) {
             tracing::debug!("no prefetch: {e}");
         }
@@ -457,7 +472,7 @@ impl Store {
                         let what = PieceKind::Known(std::mem::take(&mut cur));
                         pieces.push((
                             std::mem::replace(&mut rank, usize::MAX),
-                            Piece { pack, what, class: class.clone() },
+                            Piece { pack, what, class: class.clone(), root: None },
                         ));
                     }
                 }
@@ -467,7 +482,7 @@ impl Store {
                 rank = rank.min(r);
             }
             if !cur.is_empty() {
-                pieces.push((rank, Piece { pack, what: PieceKind::Known(cur), class: class.clone() }));
+                pieces.push((rank, Piece { pack, what: PieceKind::Known(cur), class: class.clone(), root: None }));
             }
         }
         pieces.sort_by_key(|(rank, _)| *rank);
@@ -616,6 +631,16 @@ impl Store {
     /// and retires their flights. Never fails: errors go to the readers.
     fn land(&self, p: Piece, got: Result<Bytes>) {
         let start = p.range().start;
+        let root = p.root.or(match &p.class {
+            Class::Prefetch(run) => Some(run.tree),
+            _ => None,
+        });
+        if let (Some(root), Ok(b)) = (root, &got) {
+            self.count_for(&root, |s| {
+                s.gets += 1;
+                s.fetched_bytes += b.len() as u64;
+            });
+        }
         match p.what {
             PieceKind::Known(chunks) => {
                 let bytes = match got {
@@ -739,13 +764,13 @@ fn cut(pack: Digest, chunks: Vec<(Digest, RemoteLocator, watch::Sender<Landing>)
         let limit = if pieces.is_empty() { DEMAND_PIECE } else { piece };
         if bytes >= limit {
             let class = if pieces.is_empty() { Class::Demand } else { Class::Background };
-            pieces.push(Piece { pack, what: PieceKind::Known(std::mem::take(&mut cur)), class });
+            pieces.push(Piece { pack, what: PieceKind::Known(std::mem::take(&mut cur)), class, root: None });
             bytes = 0;
         }
     }
     if !cur.is_empty() {
         let class = if pieces.is_empty() { Class::Demand } else { Class::Background };
-        pieces.push(Piece { pack, what: PieceKind::Known(cur), class });
+        pieces.push(Piece { pack, what: PieceKind::Known(cur), class, root: None });
     }
     pieces
 }
