@@ -683,3 +683,28 @@ fn an_empty_or_oversized_root_object_is_named_as_a_bad_object_not_a_transport_er
     s3.put("odd/roots/huge", &vec![b'x'; 17 << 10]);
     a.run(["pull", "huge"]).fails_with(&["roots/huge", "larger than"]);
 }
+
+#[test]
+fn with_fill_a_lookup_brings_the_whole_root_and_it_reads_with_s3_gone() {
+    let mut s3 = S3Server::start_with(vorpalfs_tests::wan::Link::wan());
+    let a = host(&s3, "fill", None);
+    let src = a.path("src");
+    tree(&src);
+    let digest = a.add(&src);
+    a.run(["push", &digest]).ok();
+    let mut b = host(&s3, "fill", None);
+    b.vars.push(("VORPALFS_FILL".into(), "true".into()));
+    let m = b.mount();
+    assert!(m.path(&digest).join("big").is_dir());
+    let t = Instant::now();
+    let total: u64 = [12u64 << 20, 9 << 20, 16 << 20].iter().sum();
+    let fetched = || status_json(&b)["chunk_cache"]["fetched_bytes"].as_u64().unwrap();
+    while fetched() < total {
+        assert!(t.elapsed() < Duration::from_secs(60), "filled {} of {total} bytes: {}", fetched(), status_json(&b));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s3.proxy_down();
+    drop_caches();
+    assert_same_tree(&src, &m.path(&digest));
+    assert!(m.log().contains("filled from S3"), "{}", m.log());
+}

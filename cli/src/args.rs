@@ -82,6 +82,12 @@ pub struct Cli {
           require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub xattrs: Option<bool>,
 
+    /// After a root from S3 is first looked up, fetch the rest of it in the background, two
+    /// GETs at a time behind reads and prefetch, within half the cache budget. Off by default.
+    #[arg(long, global = true, env = "VORPALFS_FILL", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub fill: Option<bool>,
+
     /// Serve the daemon's counters, per-root S3 counters and FUSE latencies in the Prometheus
     /// text format at `GET /metrics` on ADDR: a loopback `HOST:PORT` or `unix:PATH`. Off by
     /// default.

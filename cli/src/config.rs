@@ -82,6 +82,8 @@ pub struct File {
     pub xattrs: Option<bool>,
     /// Where the daemon serves metrics (`--metrics`).
     pub metrics: Option<String>,
+    /// `true`: fill roots from S3 in the background (`--fill`).
+    pub fill: Option<bool>,
     /// `mount --threads`
     pub threads: Option<usize>,
     /// `build --jobs`

@@ -58,6 +58,8 @@ pub struct Settings {
     pub xattrs: bool,
     /// Where the daemon serves metrics (none: off).
     pub metrics: Option<String>,
+    /// Fill roots from S3 in the background.
+    pub fill: bool,
     /// Whose rights a command reads and writes the client's files with (set by the daemon for
     /// each client; `None`: this process's own).
     pub creds: Option<vorpalfs_store::Creds>,
@@ -151,6 +153,9 @@ impl Settings {
             crate::daemon::metrics::Endpoint::parse(a)?;
         }
         show("metrics", serde_json::json!(metrics), &o, false);
+        let (fill, o) = pick(m, "fill", cli.fill, &files, |f| f.fill);
+        let fill = fill.unwrap_or(false);
+        show("fill", serde_json::json!(fill), &o, false);
         // Subcommand flags: `build -j`, `mount --threads` (no environment variable).
         let last = |get: fn(&config::File) -> Option<usize>| {
             files.iter().rev().find_map(|(p, f)| get(f).map(|v| (Some(v), Origin::File(p.clone()))))
@@ -179,6 +184,7 @@ impl Settings {
             trust_unsigned,
             xattrs,
             metrics,
+            fill,
             creds: None,
             jobs,
             threads,
@@ -199,6 +205,7 @@ impl Settings {
             o.prefetch_below = p;
         }
         o.trust = self.trust()?;
+        o.fill = self.fill;
         Ok(o)
     }
 

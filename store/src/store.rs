@@ -50,6 +50,9 @@ pub struct Options {
     /// A root from S3 with less than this many bytes to fetch is fetched whole, in the
     /// background, when the mount first looks it up (at most half `cache_bytes`); 0: never.
     pub prefetch_below: u64,
+    /// Fetch the rest of a root from S3 in the background after its first lookup, two GETs at a
+    /// time behind reads and prefetch, within half `cache_bytes` (`--fill`).
+    pub fill: bool,
     /// Ingest commits file records and trees in batches of about this many bytes, so that its
     /// memory does not grow with the file count.
     pub commit_bytes: usize,
@@ -68,6 +71,7 @@ impl Default for Options {
             runtime: None,
             trust: Default::default(),
             prefetch_below: crate::remote::lazy::SMALL_ROOT,
+            fill: false,
             commit_bytes: 8 << 20,
             pack_max_chunks: 1 << 16,
         }

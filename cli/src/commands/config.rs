@@ -59,6 +59,7 @@ fn default_of(key: &str) -> &'static str {
         "threads" => "2 per core, 4 to 16",
         "xattrs" => "false",
         "metrics" => "off",
+        "fill" => "false",
         _ => "unset",
     }
 }

@@ -140,6 +140,9 @@ pub fn spawn_daemon(settings: &Settings, mountpoint: &Path, threads: Option<usiz
     if settings.xattrs {
         cmd.arg("--xattrs");
     }
+    if settings.fill {
+        cmd.arg("--fill");
+    }
     if let Some(m) = &settings.metrics {
         cmd.arg("--metrics").arg(m);
     }

@@ -142,6 +142,9 @@ impl Store {
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         tracing::debug!(tree = %r.tree, root_ms, index_ms, recorded_ms = t.elapsed().as_millis(), "looked up in S3");
         self.prefetch_root(r.tree);
+        if self.opts.fill {
+            self.fill_root(r.tree);
+        }
         Ok(Some(r))
     }
 

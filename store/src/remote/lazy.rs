@@ -61,6 +61,8 @@ const NEIGHBOURS_MAX: u64 = 8 << 20;
 pub(crate) const BACKGROUND_GETS: usize = 8;
 /// Prefetch GETs at once (a class of their own: see [`Class`]).
 pub(crate) const PREFETCH_GETS: usize = 8;
+/// GETs a fill (`--fill`) runs at once: it yields to reads and prefetch.
+const FILL_GETS: usize = 2;
 /// The most a profile's prefetch fetches (as stored), and at most half the cache budget.
 const PROFILE_BUDGET: u64 = 1 << 30;
 /// By default, a root whose chunks not here take less than this in S3 is fetched whole, in the
@@ -502,6 +504,106 @@ impl Store {
             }
         }
         Ok(self.background_pieces(by_pack, class))
+    }
+
+    /// Fetches the rest of `tree` in the background (see [`Store::fill`]). Returns at once.
+    pub(crate) fn fill_root(self: &Arc<Self>, tree: Digest) {
+        let Some(remote) = self.remote.as_ref() else { return };
+        let store = Pending::start(self);
+        remote.handle().spawn_blocking(move || match store.fill(&tree) {
+            Ok(bytes) => tracing::info!(tree = %tree, bytes, "filled from S3"),
+            Err(e) => tracing::warn!(tree = %tree, "filling from S3 stopped: {e}"),
+        });
+    }
+
+    /// Fetches every chunk of `tree` not here, [`FILL_GETS`] pieces at a time, within half the
+    /// cache budget: a walk of the trees, each run of chunks that sit together in a remote pack
+    /// one piece of up to [`PIECE_MAX`]. A piece's flights are registered only when it is sent,
+    /// so a reader waits for at most one piece. Stops when the store closes, or at the first
+    /// failed GET. Returns the bytes fetched (as stored).
+    pub(crate) fn fill(&self, tree: &Digest) -> Result<u64> {
+        let remote = self.remote_or_err()?;
+        let budget = self.prefetch_budget(u64::MAX);
+        let mut sent = std::collections::VecDeque::new();
+        let (mut total, mut run): (u64, Vec<(Digest, RemoteLocator)>) = (0, Vec::new());
+        let mut send = |run: Vec<(Digest, RemoteLocator)>, sent: &mut std::collections::VecDeque<_>| -> Result<bool> {
+            let chunks = {
+                let mut flights = self.read.flights.lock().unwrap();
+                let mut out = Vec::with_capacity(run.len());
+                for (id, loc) in run {
+                    if let std::collections::hash_map::Entry::Vacant(v) = flights.entry(id) {
+                        let (tx, rx) = watch::channel(None);
+                        v.insert(rx);
+                        out.push((id, loc, tx));
+                    }
+                }
+                out
+            };
+            if chunks.is_empty() {
+                return Ok(true);
+            }
+            let p = Piece {
+                pack: chunks[0].1.pack,
+                what: PieceKind::Known(chunks),
+                class: Class::Background,
+                root: Some(*tree),
+            };
+            total += p.range().end - p.range().start;
+            while sent.len() >= FILL_GETS {
+                let (p, get): (Piece, tokio::task::JoinHandle<Result<Bytes>>) = sent.pop_front().expect("full");
+                let got = remote.wait(get).unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                let failed = got.as_ref().err().filter(|e| !place_is_wrong(e)).cloned();
+                self.land(p, got);
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+            }
+            if self.read.stopping.load(Relaxed) || total > budget {
+                self.abandon(p);
+                return Ok(false);
+            }
+            let get = remote.handle().spawn(get_piece(remote, &p));
+            sent.push_back((p, get));
+            Ok(true)
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![*tree];
+        'walk: while let Some(t) = stack.pop() {
+            if !seen.insert(t) {
+                continue;
+            }
+            for e in self.tree(&t)?.entries() {
+                match &e.kind {
+                    crate::EntryKind::Dir { digest, .. } => stack.push(*digest),
+                    crate::EntryKind::File { digest, .. } if seen.insert(*digest) => {
+                        for c in &self.file(digest)?.chunks {
+                            let Some(loc) = self.to_fetch(&c.id)? else { continue };
+                            // A run goes on while its chunks follow one another in one pack.
+                            let follows = run.last().is_some_and(|(_, l)| {
+                                l.pack == loc.pack && loc.offset == l.offset + u64::from(l.stored_len) + RECORD_HEADER
+                            });
+                            let size = run.last().map_or(0, |(_, l)| l.offset + u64::from(l.stored_len))
+                                - run.first().map_or(0, |(_, l)| l.offset);
+                            if !run.is_empty()
+                                && (!follows || size >= PIECE_MAX)
+                                && !send(std::mem::take(&mut run), &mut sent)?
+                            {
+                                break 'walk;
+                            }
+                            run.push((c.id, loc));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !run.is_empty() {
+            send(run, &mut sent)?;
+        }
+        for (p, get) in sent {
+            self.land_when(remote, p, get);
+        }
+        Ok(total)
     }
 
     /// Where to fetch chunk `id` from, unless it is in memory or here (or S3 has no place).

@@ -1004,3 +1004,47 @@ fn prefetch_stops_on_s3_outage_and_on_close_with_no_task_left() {
         drop(held);
     }
 }
+
+#[test]
+fn fill_fetches_the_rest_of_a_root_in_the_background_within_half_the_budget() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let rt = runtime();
+    let filling = |cache: Option<u64>| {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            remote: Some(Backend::Object(mem.clone())),
+            policy: policy(),
+            cache_bytes: cache,
+            prefetch_below: 0,
+            fill: true,
+            ..Default::default()
+        };
+        let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
+        Host { _dir: dir, store: Arc::new(store) }
+    };
+    let h = filling(None);
+    rt.block_on(h.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    assert!(h.store.settle(Duration::from_secs(20)));
+    let gets = h.store.remote().unwrap().traffic().gets;
+    assert!(gets <= 2 + 12, "{gets} GETs to fill 21 MiB in 32 MiB packs");
+    mem.faults(|f| f.outage = true);
+    same_bytes(&h.store, &d, src.path());
+    mem.faults(|f| f.outage = false);
+    // A budget of 16 MiB: the fill stops at 8.
+    let small = filling(Some(16 << 20));
+    rt.block_on(small.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    assert!(small.store.settle(Duration::from_secs(20)));
+    let fetched = small.store.cache_stats().fetched_bytes;
+    assert!(fetched > 0 && fetched <= 8 << 20, "{fetched} bytes filled with a 16 MiB budget");
+    // Closing the store stops it after the GETs in the air.
+    mem.faults(|f| f.latency = Duration::from_millis(100));
+    let closing = filling(None);
+    rt.block_on(closing.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    closing.store.stop_background();
+    let t = Instant::now();
+    assert!(closing.store.settle(Duration::from_secs(5)));
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?} to stop a fill", t.elapsed());
+    assert!(closing.store.cache_stats().fetched_bytes < 21 << 20, "the fill went on after the close");
+}
