@@ -2,8 +2,8 @@
 //! operation latencies in the Prometheus text format, at `GET /metrics` on a loopback TCP port
 //! (`--metrics 127.0.0.1:9464`) or a Unix socket (`--metrics unix:/run/vorpalfs/metrics.sock`).
 //!
-//! One thread answers one connection at a time; a request must arrive within 2 s and its head
-//! within 8 KiB. Only loopback addresses are accepted: the figures name roots every local user
+//! One thread answers one connection at a time; a request's head must arrive within 2 s (a
+//! client trickling bytes is dropped) and within 8 KiB. Only loopback addresses are accepted: the figures name roots every local user
 //! can list anyway, and nothing here is for another host.
 
 use std::fmt::Write as _;
@@ -82,7 +82,13 @@ impl<T: Read + Write> ReadWrite for T {}
 fn answer_one(conn: &mut dyn ReadWrite, render: &dyn Fn() -> String) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
+    // Each read waits at most 2 s, and the whole head may take no longer: a client trickling
+    // bytes cannot hold the thread.
+    let t = std::time::Instant::now();
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        if t.elapsed() > Duration::from_secs(2) {
+            return Ok(());
+        }
         let n = conn.read(&mut buf)?;
         if n == 0 || head.len() + n > 8 << 10 {
             break;
