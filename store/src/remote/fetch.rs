@@ -103,7 +103,7 @@ impl Store {
         let root_ms = t.elapsed().as_millis();
         // The profile comes with the index, in parallel: no round trip more before the first
         // read, and the lookup does not wait for it.
-        let profile = remote.handle().spawn(crate::remote::profile::fetch_profile(
+        let mut profile = remote.handle().spawn(crate::remote::profile::fetch_profile(
             remote.clone(),
             found.root.tree,
             self.opts.trust.clone(),
@@ -113,10 +113,10 @@ impl Store {
             false => Some(fetch_index(remote, found.root.index).await?),
         };
         let index_ms = t.elapsed().as_millis();
-        // The profile's GET is small and started first: done by now, or not waited for.
-        let profile = match tokio::time::timeout(std::time::Duration::from_millis(50), profile).await {
-            Ok(p) => p.ok().flatten(),
-            Err(_) => None,
+        // The profile's GET is small and started first: done by now, or used when it lands.
+        let (profile, late) = match tokio::time::timeout(std::time::Duration::from_millis(50), &mut profile).await {
+            Ok(p) => (p.ok().flatten(), None),
+            Err(_) => (None, Some(profile)),
         };
         let store = self.clone();
         let tree = found.root.tree;
@@ -141,6 +141,15 @@ impl Store {
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         tracing::debug!(tree = %r.tree, root_ms, index_ms, recorded_ms = t.elapsed().as_millis(), "looked up in S3");
+        if let Some(late) = late {
+            let store = crate::local::cache::Pending::start(&self);
+            self.remote_or_err()?.handle().spawn(async move {
+                if let Ok(Some(p)) = late.await {
+                    let s = store.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.prefetch_profile(tree, &p, None)).await;
+                }
+            });
+        }
         self.prefetch_root(r.tree);
         if self.opts.fill {
             self.fill_root(r.tree);

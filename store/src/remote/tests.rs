@@ -1048,3 +1048,27 @@ fn fill_fetches_the_rest_of_a_root_in_the_background_within_half_the_budget() {
     assert!(t.elapsed() < Duration::from_millis(500), "{:?} to stop a fill", t.elapsed());
     assert!(closing.store.cache_stats().fetched_bytes < 21 << 20, "the fill went on after the close");
 }
+
+#[test]
+fn a_profile_that_lands_after_the_index_is_still_used() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let a = profiled_host(&mem, None, Default::default());
+    a.store.resolve(&d.to_hex()).unwrap();
+    let hot = read_and_push_profile(&a.store, &d, &["big/b.bin"]);
+    // The same profile padded with ids of no chunk to 1.9 MB: at 8 MB/s its GET takes about
+    // 250 ms, the index's a few.
+    let mut chunks = hot.clone();
+    chunks.extend((0..60_000u32).map(|i| crate::Digest(*blake3::hash(&i.to_le_bytes()).as_bytes())));
+    mem.insert(&super::profile::profile_key(&d), super::profile::Profile::new(d, chunks).encode());
+    mem.faults(|f| f.bandwidth = Some(8 << 20));
+    let rt = runtime();
+    let h = profiled_host(&mem, None, Default::default());
+    let t = Instant::now();
+    rt.block_on(h.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+    assert!(t.elapsed() < Duration::from_millis(200), "the lookup waited {:?} for the profile", t.elapsed());
+    wait_fetched(&h.store, 9 << 20);
+    assert_eq!(h.store.profile_stats().profiles_used, 1);
+    mem.faults(|f| f.outage = true);
+    assert_eq!(file_bytes(&h.store, &d, "big/b.bin").unwrap(), std::fs::read(src.path().join("big/b.bin")).unwrap());
+}
