@@ -46,33 +46,41 @@ impl Endpoint {
 
 /// Listens on `at` and serves `render()` to each request, on a thread of its own.
 pub fn serve(at: &Endpoint, render: impl Fn() -> String + Send + 'static) -> Result<()> {
-    let answer = move |mut conn: Box<dyn ReadWrite>| {
-        let _ = answer_one(&mut *conn, &render);
-    };
+    let t = Some(Duration::from_secs(2));
     match at {
         Endpoint::Tcp(addr) => {
             let l = TcpListener::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?;
-            std::thread::Builder::new().name("vorpalfs-metrics".into()).spawn(move || {
-                for c in l.incoming().flatten() {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                    let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
-                    answer(Box::new(c));
-                }
-            })?;
+            answer_each(
+                std::iter::from_fn(move || Some(l.accept().map(|(c, _)| c)))
+                    .flatten()
+                    .filter(move |c| c.set_read_timeout(t).and(c.set_write_timeout(t)).is_ok()),
+                render,
+            )
         }
         Endpoint::Unix(path) => {
             let _ = std::fs::remove_file(path);
             let l =
                 UnixListener::bind(path).with_context(|| format!("cannot listen for metrics on {}", path.display()))?;
-            std::thread::Builder::new().name("vorpalfs-metrics".into()).spawn(move || {
-                for c in l.incoming().flatten() {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                    let _ = c.set_write_timeout(Some(Duration::from_secs(2)));
-                    answer(Box::new(c));
-                }
-            })?;
+            answer_each(
+                std::iter::from_fn(move || Some(l.accept().map(|(c, _)| c)))
+                    .flatten()
+                    .filter(move |c| c.set_read_timeout(t).and(c.set_write_timeout(t)).is_ok()),
+                render,
+            )
         }
     }
+}
+
+/// Answers each connection of `conns` in turn, on a thread of its own.
+fn answer_each<C: ReadWrite + 'static>(
+    conns: impl Iterator<Item = C> + Send + 'static,
+    render: impl Fn() -> String + Send + 'static,
+) -> Result<()> {
+    std::thread::Builder::new().name("vorpalfs-metrics".into()).spawn(move || {
+        for mut c in conns {
+            let _ = answer_one(&mut c, &render);
+        }
+    })?;
     Ok(())
 }
 

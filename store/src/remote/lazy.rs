@@ -418,31 +418,13 @@ impl Store {
         }
         let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
         let mut total = 0u64;
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![*tree];
-        while let Some(t) = stack.pop() {
-            if !seen.insert(t) {
-                continue;
-            }
-            for e in self.tree(&t)?.entries() {
-                match &e.kind {
-                    crate::EntryKind::Dir { digest, .. } => stack.push(*digest),
-                    crate::EntryKind::File { digest, .. } if seen.insert(*digest) => {
-                        for c in &self.file(digest)?.chunks {
-                            if !seen.insert(c.id) {
-                                continue;
-                            }
-                            let Some(loc) = self.to_fetch(&c.id)? else { continue };
-                            total += u64::from(loc.stored_len) + RECORD_HEADER;
-                            if total > budget {
-                                return Ok(Vec::new());
-                            }
-                            by_pack.entry(loc.pack).or_default().push((c.id, loc, 0));
-                        }
-                    }
-                    _ => {}
-                }
-            }
+        let all = self.each_chunk_to_fetch(tree, |id, loc| {
+            total += u64::from(loc.stored_len) + RECORD_HEADER;
+            by_pack.entry(loc.pack).or_default().push((id, loc, 0));
+            Ok(total <= budget)
+        })?;
+        if !all {
+            return Ok(Vec::new());
         }
         Ok(self.background_pieces(by_pack, Class::Prefetch(run.clone())))
     }
@@ -566,9 +548,38 @@ impl Store {
             sent.push_back((p, get));
             Ok(true)
         };
+        self.each_chunk_to_fetch(tree, |id, loc| {
+            // A run goes on while its chunks follow one another in one pack.
+            let follows = run.last().is_some_and(|(_, l)| {
+                l.pack == loc.pack && loc.offset == l.offset + u64::from(l.stored_len) + RECORD_HEADER
+            });
+            let size = run.last().map_or(0, |(_, l)| l.offset + u64::from(l.stored_len))
+                - run.first().map_or(0, |(_, l)| l.offset);
+            if !run.is_empty() && (!follows || size >= PIECE_MAX) && !send(std::mem::take(&mut run), &mut sent)? {
+                return Ok(false);
+            }
+            run.push((id, loc));
+            Ok(true)
+        })?;
+        if !run.is_empty() {
+            send(run, &mut sent)?;
+        }
+        for (p, get) in sent {
+            self.land_when(remote, p, get);
+        }
+        Ok(total)
+    }
+
+    /// Walks the closure of `tree` and calls `f` with each distinct chunk of it that is not
+    /// here and has a place in S3, until `f` says stop (`false`). Whether the walk went through.
+    fn each_chunk_to_fetch(
+        &self,
+        tree: &Digest,
+        mut f: impl FnMut(Digest, RemoteLocator) -> Result<bool>,
+    ) -> Result<bool> {
         let mut seen = std::collections::HashSet::new();
         let mut stack = vec![*tree];
-        'walk: while let Some(t) = stack.pop() {
+        while let Some(t) = stack.pop() {
             if !seen.insert(t) {
                 continue;
             }
@@ -577,33 +588,21 @@ impl Store {
                     crate::EntryKind::Dir { digest, .. } => stack.push(*digest),
                     crate::EntryKind::File { digest, .. } if seen.insert(*digest) => {
                         for c in &self.file(digest)?.chunks {
-                            let Some(loc) = self.to_fetch(&c.id)? else { continue };
-                            // A run goes on while its chunks follow one another in one pack.
-                            let follows = run.last().is_some_and(|(_, l)| {
-                                l.pack == loc.pack && loc.offset == l.offset + u64::from(l.stored_len) + RECORD_HEADER
-                            });
-                            let size = run.last().map_or(0, |(_, l)| l.offset + u64::from(l.stored_len))
-                                - run.first().map_or(0, |(_, l)| l.offset);
-                            if !run.is_empty()
-                                && (!follows || size >= PIECE_MAX)
-                                && !send(std::mem::take(&mut run), &mut sent)?
-                            {
-                                break 'walk;
+                            if !seen.insert(c.id) {
+                                continue;
                             }
-                            run.push((c.id, loc));
+                            if let Some(loc) = self.to_fetch(&c.id)?
+                                && !f(c.id, loc)?
+                            {
+                                return Ok(false);
+                            }
                         }
                     }
                     _ => {}
                 }
             }
         }
-        if !run.is_empty() {
-            send(run, &mut sent)?;
-        }
-        for (p, get) in sent {
-            self.land_when(remote, p, get);
-        }
-        Ok(total)
+        Ok(true)
     }
 
     /// Where to fetch chunk `id` from, unless it is in memory or here (or S3 has no place).

@@ -37,13 +37,14 @@ impl Drop for Host {
 }
 
 fn host(mem: &Arc<MemoryStore>, cache: Option<u64>) -> Host {
+    host_with(mem, |o| o.cache_bytes = cache)
+}
+
+/// A host on `mem` with the test policy and the options `f` sets.
+fn host_with(mem: &Arc<MemoryStore>, f: impl FnOnce(&mut Options)) -> Host {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        remote: Some(Backend::Object(mem.clone())),
-        policy: policy(),
-        cache_bytes: cache,
-        ..Default::default()
-    };
+    let mut opts = Options { remote: Some(Backend::Object(mem.clone())), policy: policy(), ..Default::default() };
+    f(&mut opts);
     let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
     Host { _dir: dir, store: Arc::new(store) }
 }
@@ -764,17 +765,7 @@ fn over_a_near_link_a_read_fetches_only_what_it_reads() {
 
 /// A host that takes no small root whole (so that what a profile brings is all it fetches).
 fn profiled_host(mem: &Arc<MemoryStore>, cache: Option<u64>, trust: crate::remote::trust::Trust) -> Host {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        remote: Some(Backend::Object(mem.clone())),
-        policy: policy(),
-        cache_bytes: cache,
-        prefetch_below: 0,
-        trust,
-        ..Default::default()
-    };
-    let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
-    Host { _dir: dir, store: Arc::new(store) }
+    host_with(mem, |o| (o.cache_bytes, o.prefetch_below, o.trust) = (cache, 0, trust))
 }
 
 /// Reads `paths` of root `d` on `store` as the mount does (recording them), and pushes the
@@ -1010,19 +1001,8 @@ fn fill_fetches_the_rest_of_a_root_in_the_background_within_half_the_budget() {
     let mem = Arc::new(MemoryStore::new());
     let (src, d) = pushed(&mem);
     let rt = runtime();
-    let filling = |cache: Option<u64>| {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = Options {
-            remote: Some(Backend::Object(mem.clone())),
-            policy: policy(),
-            cache_bytes: cache,
-            prefetch_below: 0,
-            fill: true,
-            ..Default::default()
-        };
-        let store = Store::open_with(&dir.path().join("store"), opts).unwrap();
-        Host { _dir: dir, store: Arc::new(store) }
-    };
+    let filling =
+        |cache: Option<u64>| host_with(&mem, |o| (o.cache_bytes, o.prefetch_below, o.fill) = (cache, 0, true));
     let h = filling(None);
     rt.block_on(h.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
     assert!(h.store.settle(Duration::from_secs(20)));
