@@ -613,6 +613,11 @@ fn a_second_host_prefetches_the_profile_the_first_pushed_and_stops_cleanly() {
     assert!(r.ok().is_empty() && r.stderr.contains("chunks pushed"), "{}", r.stderr);
     let b_profile = r.stderr.clone();
     b.run(["profile", "push", "no-such-root"]).fails_with(&["no-such-root"]);
+    // The hot chunks, laid out back to back for the hosts that come next; once is enough.
+    let r = b.run(["profile", "repack", &digest]);
+    assert!(r.ok().is_empty() && r.stderr.contains("hot chunks") && r.stderr.contains("to 1;"), "{}", r.stderr);
+    let r = b.run(["profile", "repack", &digest]);
+    assert!(r.ok().is_empty() && r.stderr.contains("left as it is"), "{}", r.stderr);
     drop(m);
     // Without a daemon nothing was recorded: the error says so.
     b.run(["profile", "push", &digest]).fails_with(&["nothing of", "read through the mount"]);

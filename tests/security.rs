@@ -405,7 +405,13 @@ fn ordinary_users_cannot_run_the_daemons_administrative_commands() {
     let src = b.env.path("src");
     write(&src.join("f"), b"data\n");
     let d = b.env.add(&src);
-    for args in [vec!["gc"], vec!["store", "rm", d.as_str()], vec!["umount"]] {
+    for args in [
+        vec!["gc"],
+        vec!["store", "rm", d.as_str()],
+        vec!["profile", "push", d.as_str()],
+        vec!["profile", "repack", d.as_str()],
+        vec!["umount"],
+    ] {
         b.env.run_as_user(&args).fails_with(&["permission denied", "only root"]);
     }
     assert!(b.env.run(["store", "ls"]).ok().contains(&d), "nothing was removed");

@@ -168,6 +168,13 @@ pub enum ProfileCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Lay each root's hot chunks (its profile in S3) out back to back in new packs, in profile
+    /// order, and point its index there: hosts that look it up later prefetch them in a few
+    /// large GETs. The hot chunks are then twice in S3; a root laid out so already is left alone.
+    Repack {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -55,6 +55,9 @@ pub enum Error {
     #[error("nothing of {name} was read through the mount since the daemon started: no profile to push")]
     NoProfile { name: String },
 
+    #[error("{name}: {why}")]
+    NotRepacked { name: String, why: String },
+
     #[error("corrupt {what} {digest}: {detail}")]
     Corrupt { what: &'static str, digest: Digest, detail: String },
 

@@ -53,6 +53,7 @@ pub use remote::claims::Claim;
 pub use remote::profile::{Profile, ProfileReport, ProfileStats};
 pub use remote::pull::PullReport;
 pub use remote::push::PushReport;
+pub use remote::repack::RepackReport;
 pub use remote::{Backend, Faults, MemoryStore, ObjectStore, Policy, Remote, S3Config, Traffic};
 pub use source::Creds;
 pub use store::{Options, Pin, Resolved, Root, Store};

@@ -137,6 +137,40 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: SyncCommand) -> Result<ExitCode> {
                 }
             }
         }
+        SyncCommand::Profile(crate::args::ProfileCommand::Repack { names }) => {
+            for n in names {
+                let t = Instant::now();
+                let r = with_progress(ctx, &format!("repack {n}"), |p| store.repack(&n, p))
+                    .with_context(|| format!("cannot repack {n}"))?;
+                if ctx.settings.json {
+                    writeln!(
+                        ctx.out,
+                        "{}",
+                        json!({"name": r.name, "tree": r.tree, "already": r.already, "hot_chunks": r.hot_chunks,
+                               "hot_bytes": r.hot_bytes, "runs_before": r.runs_before, "runs_after": r.runs_after,
+                               "fetched_bytes": r.fetched_bytes, "uploaded_bytes": r.uploaded_bytes,
+                               "index": r.index, "seconds": t.elapsed().as_secs_f64()})
+                    )?;
+                } else if r.already {
+                    writeln!(
+                        ctx.err,
+                        "{n}: the {} hot chunks ({} bytes) already lie in {} stretch(es); left as it is",
+                        r.hot_chunks, r.hot_bytes, r.runs_before
+                    )?;
+                } else {
+                    writeln!(
+                        ctx.err,
+                        "{n}: {} hot chunks ({} bytes) moved from {} stretches to {}; {} bytes uploaded in {:.2}s",
+                        r.hot_chunks,
+                        r.hot_bytes,
+                        r.runs_before,
+                        r.runs_after,
+                        r.uploaded_bytes,
+                        t.elapsed().as_secs_f64()
+                    )?;
+                }
+            }
+        }
         SyncCommand::Gc => {
             let r = store.gc()?;
             if ctx.settings.json {

@@ -347,7 +347,8 @@ impl Peer {
 fn admin_only(r: &Request) -> Option<&'static str> {
     match r {
         Request::Push(_) => Some("`vorpalfs push`"),
-        Request::Profile(_) => Some("`vorpalfs profile push`"),
+        Request::Profile(crate::args::ProfileCommand::Push { .. }) => Some("`vorpalfs profile push`"),
+        Request::Profile(crate::args::ProfileCommand::Repack { .. }) => Some("`vorpalfs profile repack`"),
         Request::Gc => Some("`vorpalfs gc`"),
         Request::Store(crate::args::StoreCommand::Rm { .. }) => Some("`vorpalfs store rm`"),
         Request::Store(crate::args::StoreCommand::Repair) => Some("`vorpalfs store repair`"),

@@ -68,7 +68,7 @@ async fn fetch_root_object(remote: Remote, name: String) -> Result<Option<Found>
 }
 
 /// Fetches the index `digest`, checked against its name.
-async fn fetch_index(remote: Remote, digest: Digest) -> Result<Bytes> {
+pub(crate) async fn fetch_index(remote: Remote, digest: Digest) -> Result<Bytes> {
     let key = format::index_key(&digest);
     let bytes = remote.get(key.clone(), format::MAX_INDEX_OBJECT).await?.ok_or_else(|| Error::Remote {
         url: format!("{}/{key}", remote.url()),

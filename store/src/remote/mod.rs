@@ -43,6 +43,7 @@ pub mod memory;
 pub mod profile;
 pub mod pull;
 pub mod push;
+pub mod repack;
 pub mod s3;
 #[cfg(test)]
 mod tests;

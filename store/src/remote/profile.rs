@@ -216,7 +216,11 @@ pub(crate) async fn fetch_profile(remote: Remote, tree: Digest, trust: crate::re
 }
 
 /// Whether a profile object found under `tree`'s key may be used here.
-fn accept(bytes: &[u8], tree: &Digest, trust: &crate::remote::trust::Trust) -> std::result::Result<Profile, String> {
+pub(crate) fn accept(
+    bytes: &[u8],
+    tree: &Digest,
+    trust: &crate::remote::trust::Trust,
+) -> std::result::Result<Profile, String> {
     let p = Profile::parse(bytes).ok_or("not a vorpalfs profile of a version this host reads")?;
     if p.tree != *tree {
         return Err(format!("it is the profile of tree {}", p.tree));

@@ -37,14 +37,23 @@ pub struct PullReport {
 impl Store {
     /// Fetches every chunk of a root that is not here (finding the root in S3 if need be).
     pub fn pull(&self, what: &str, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<PullReport> {
-        let remote = self.remote_or_err()?;
         let tree = self.resolve(what)?.tree;
+        // Kept from gc while its chunks are fetched and indexed.
+        let _pin = self.pin(&tree)?;
+        let c = self.closure(&tree)?;
+        let (fetched_chunks, fetched_bytes) = self.fetch_missing(&c.chunks, progress)?;
+        self.evict()?;
+        Ok(PullReport { tree, chunks: c.chunks.len() as u64, fetched_chunks, fetched_bytes })
+    }
+
+    /// Fetches the chunks of `ids` that are not here, from the places S3's indexes gave them,
+    /// and returns how many came and their raw bytes. Stops at the first failed GET.
+    pub(crate) fn fetch_missing(&self, ids: &[Digest], progress: &(dyn Fn(u64, u64) + Sync)) -> Result<(u64, u64)> {
+        let remote = self.remote_or_err()?;
         // Chunks found here are not fetched: gc must not remove them meanwhile.
         let _writer = self.gc_lock.read().unwrap();
-        let c = self.closure(&tree)?;
-        let mut report = PullReport { tree, chunks: c.chunks.len() as u64, ..Default::default() };
         let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator)>> = HashMap::new();
-        for id in &c.chunks {
+        for id in ids {
             if self.index.has_chunk(id)? {
                 continue;
             }
@@ -107,13 +116,10 @@ impl Store {
             }
         });
         let (chunks, bytes, error) = out.into_inner().unwrap();
-        report.fetched_chunks = chunks;
-        report.fetched_bytes = bytes;
-        if let Some(e) = error {
-            return Err(e);
+        match error {
+            Some(e) => Err(e),
+            None => Ok((chunks, bytes)),
         }
-        self.evict()?;
-        Ok(report)
     }
 
     /// Fetches a whole remote pack into a new local fetched pack, checking it against its name

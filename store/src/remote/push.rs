@@ -29,7 +29,7 @@ use crate::store::Store;
 /// A push cuts new remote packs past this size: small enough that several upload at once (each
 /// as parts in parallel) and that a server without efficient ranged reads (moto) answers a GET
 /// quickly; large enough that a GB is a few dozen objects.
-const REMOTE_PACK_SIZE: u64 = 32 << 20;
+pub(crate) const REMOTE_PACK_SIZE: u64 = 32 << 20;
 /// Packs a push uploads at once.
 const PARALLEL_PACKS: usize = 3;
 
@@ -56,10 +56,10 @@ pub(crate) struct Closure {
 
 /// What [`Store::upload_packs`] did: the chunks now in S3, the bytes sent, the first error.
 #[derive(Default)]
-struct Uploaded {
-    placed: Vec<(Digest, RemoteLocator)>,
-    bytes: u64,
-    error: Option<Error>,
+pub(crate) struct Uploaded {
+    pub placed: Vec<(Digest, RemoteLocator)>,
+    pub bytes: u64,
+    pub error: Option<Error>,
 }
 
 impl Store {
@@ -180,7 +180,7 @@ impl Store {
 
     /// What a root name stands for: a build result (named by an input digest whose recipe is
     /// here) or a root.
-    fn kind_of(&self, name: &str) -> Result<RootKind> {
+    pub(crate) fn kind_of(&self, name: &str) -> Result<RootKind> {
         let result = match name.parse::<Digest>() {
             Ok(d) => self.index.meta(Meta::Recipe(&d))?.is_some(),
             Err(_) => false,
@@ -190,7 +190,7 @@ impl Store {
 
     /// The root object S3 has for `name`, if any (one that is not a root object is as good as
     /// none: it is replaced).
-    fn root_object_in_s3(&self, remote: &Remote, name: &str) -> Result<Option<RootObject>> {
+    pub(crate) fn root_object_in_s3(&self, remote: &Remote, name: &str) -> Result<Option<RootObject>> {
         let there = remote.wait(remote.get(format::root_key(name), format::MAX_ROOT_OBJECT))?;
         Ok(there.and_then(|o| RootObject::parse(&o)))
     }
@@ -248,7 +248,7 @@ impl Store {
     /// Writes `chunks` into packs of about [`REMOTE_PACK_SIZE`], each staged in a temporary file
     /// (named by its BLAKE3, so identical packs from two hosts are one object) and uploaded by
     /// one of [`PARALLEL_PACKS`] threads while the next is written. Stops at the first error.
-    fn upload_packs(
+    pub(crate) fn upload_packs(
         &self,
         remote: &Remote,
         tree: &Digest,

@@ -1052,3 +1052,99 @@ fn a_profile_that_lands_after_the_index_is_still_used() {
     mem.faults(|f| f.outage = true);
     assert_eq!(file_bytes(&h.store, &d, "big/b.bin").unwrap(), std::fs::read(src.path().join("big/b.bin")).unwrap());
 }
+
+/// Reads the chunks of `path` that cover `range` as the mount does (recording them).
+fn touch(store: &Store, d: &crate::Digest, path: &str, range: std::ops::Range<u64>) -> Vec<u8> {
+    let f = record(store, d, path).unwrap();
+    let len = (range.end.min(f.size) - range.start) as usize;
+    store.touched(d, &f, range.start, len);
+    store.read(&f, range.start, len).unwrap().to_vec()
+}
+
+#[test]
+fn a_repacked_root_reaches_a_second_host_in_fewer_gets_with_the_same_bytes_and_signatures() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let name = d.to_hex();
+    // The root carries another builder's signature, which a repack must keep.
+    let (builder, repacker) = (key("builder-1"), key("repacker"));
+    let mut root = format::RootObject::parse(&mem.object(&format::root_key(&name)).unwrap()).unwrap();
+    root.sign(&name, &builder);
+    mem.insert(&format::root_key(&name), root.encode());
+    // A host that applied the old index before the repack.
+    let old = host(&mem, None);
+    old.store.resolve(&name).unwrap();
+
+    // Scattered reads: the ends of both big files, their middles, small files far apart.
+    let a = trusting(&mem, Some(&repacker), &[&builder]);
+    a.store.resolve(&name).unwrap();
+    let hot: [(&str, std::ops::Range<u64>); 6] = [
+        ("small/f29", 0..1 << 20),
+        ("big/a.bin", 6 << 20..(6 << 20) + 1),
+        ("small/f1", 0..1 << 20),
+        ("big/b.bin", (9 << 20) - 1..9 << 20),
+        ("big/a.bin", 0..1),
+        ("small/f15", 0..1 << 20),
+    ];
+    for (p, r) in &hot {
+        touch(&a.store, &d, p, r.clone());
+    }
+    a.store.push_profile(&name).unwrap();
+
+    // Before: one host prefetches the hot set as it lies after the push.
+    mem.faults(|f| f.latency = Duration::from_millis(5));
+    let rt = runtime();
+    let gets_for = |trust: crate::remote::trust::Trust| {
+        let h = profiled_host(&mem, None, trust);
+        rt.block_on(h.store.clone().resolve_remote_async(name.clone())).unwrap().unwrap();
+        assert!(h.store.settle(Duration::from_secs(10)));
+        (h.store.profile_stats().prefetch_gets, h)
+    };
+    let (before, _) = gets_for(Default::default());
+
+    let r = a.store.repack(&name, &|_, _| {}).unwrap();
+    assert!(!r.already && r.hot_chunks >= 6 && r.runs_before >= 3 && r.runs_after == 1, "{r:?}");
+    assert!(r.uploaded_bytes >= r.hot_bytes, "{r:?}");
+    let again = a.store.repack(&name, &|_, _| {}).unwrap();
+    assert!(again.already && again.index == r.index, "{again:?}");
+    // The root object names the new index and keeps both signatures, which still verify.
+    let obj = format::RootObject::parse(&mem.object(&format::root_key(&name)).unwrap()).unwrap();
+    assert_eq!((obj.tree, obj.index), (d, r.index));
+    for k in [&builder, &repacker] {
+        let s = obj.sigs.iter().find(|s| s.key == k.name).unwrap_or_else(|| panic!("{} lost", k.name));
+        assert!(k.public().verifies(&obj.statement(&name, &s.key, s.time), s), "{}", k.name);
+    }
+
+    // After: a host that requires signatures takes the repacked root, and its prefetch is
+    // fewer GETs, of the hot chunks only.
+    let t = crate::remote::trust::Trust { trusted: vec![builder.public(), repacker.public()], ..Default::default() };
+    let (after, h) = gets_for(t);
+    assert!(after < before && after <= 2, "prefetch GETs: {before} before the repack, {after} after");
+    mem.faults(|f| f.outage = true);
+    for (p, r) in &hot {
+        let want = std::fs::read(src.path().join(p)).unwrap();
+        let r = r.start as usize..(r.end as usize).min(want.len());
+        assert_eq!(touch(&h.store, &d, p, r.start as u64..r.end as u64), want[r.clone()], "{p} {r:?}");
+    }
+    assert!(file_bytes(&h.store, &d, "small/f20").is_err(), "a cold file was not prefetched");
+    mem.faults(|f| f.outage = false);
+    std::thread::sleep(policy().down_for);
+    // Cold chunks keep their places, and a host with the old index reads on from the old packs.
+    for s in [&h.store, &old.store] {
+        for p in ["small/f20", "big/a.bin", "big/b.bin"] {
+            assert_eq!(file_bytes(s, &d, p).unwrap(), std::fs::read(src.path().join(p)).unwrap(), "{p}");
+        }
+    }
+}
+
+#[test]
+fn repack_names_what_it_lacks() {
+    let mem = Arc::new(MemoryStore::new());
+    let (_src, d) = pushed(&mem);
+    let a = host(&mem, None);
+    let e = a.store.repack(&d.to_hex(), &|_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("no profile of tree") && e.contains(&d.to_hex()), "{e}");
+    let local = a.store.ingest(small_tree(4).path(), None).unwrap().root;
+    let e = a.store.repack(&local.to_hex(), &|_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("S3 has no root object"), "{e}");
+}
