@@ -678,6 +678,38 @@ fn a_second_host_prefetches_the_profile_the_first_pushed_and_stops_cleanly() {
 }
 
 #[test]
+fn a_daemon_with_push_profiles_publishes_what_was_read_at_unmount() {
+    let s3 = S3Server::start();
+    let a = host(&s3, "auto", None);
+    let src = a.path("src");
+    for i in 0..20 {
+        write(&src.join(format!("m{i:02}")), format!("module {i}\n").repeat(100).as_bytes());
+    }
+    let digest = a.add(&src);
+    a.run(["push", &digest]).ok();
+    let key = format!("auto/profiles/{digest}");
+    // Without the setting, nothing is published on its own.
+    let b = host(&s3, "auto", None);
+    let mut m = b.mount();
+    assert_eq!(fs::read(m.path(&digest).join("m03")).unwrap(), fs::read(src.join("m03")).unwrap());
+    b.run(["umount"]).ok();
+    assert!(m.wait().success());
+    assert!(s3.keys(&key).is_empty(), "a profile was pushed without --push-profiles");
+    // With it, the daemon pushes what was read when it unmounts.
+    let c = host(&s3, "auto", None);
+    let mut m = c.mount_with(&c.path("mnt"), &["--push-profiles"]);
+    for p in ["m07", "m11"] {
+        assert_eq!(fs::read(m.path(&digest).join(p)).unwrap(), fs::read(src.join(p)).unwrap());
+    }
+    c.run(["umount"]).ok();
+    assert!(m.wait().success());
+    assert_eq!(s3.keys(&key), std::slice::from_ref(&key), "{}", m.log());
+    let p = vorpalfs_store::remote::profile::Profile::parse(&s3.get(&key)).expect("a profile");
+    assert_eq!(p.tree.to_hex(), digest);
+    assert_eq!(p.chunks.len(), 2, "the two files read, one chunk each");
+}
+
+#[test]
 fn an_empty_or_oversized_root_object_is_named_as_a_bad_object_not_a_transport_error() {
     // Small objects are read with one ranged GET: an empty one is a range S3 cannot satisfy
     // (416), which is an empty object, not an error of the link.

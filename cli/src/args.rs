@@ -88,6 +88,13 @@ pub struct Cli {
           require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub fill: Option<bool>,
 
+    /// Publish the access profiles of what was read through the mount to S3, once a minute and
+    /// at unmount, merged with S3's (for a host that may write to the bucket; builds push theirs
+    /// anyway). Off by default.
+    #[arg(long, global = true, env = "VORPALFS_PUSH_PROFILES", value_name = "BOOL", num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub push_profiles: Option<bool>,
+
     /// Serve the daemon's counters, per-root S3 counters and FUSE latencies in the Prometheus
     /// text format at `GET /metrics` on ADDR: a loopback `HOST:PORT` or `unix:PATH`. Off by
     /// default.

@@ -84,6 +84,8 @@ pub struct File {
     pub metrics: Option<String>,
     /// `true`: fill roots from S3 in the background (`--fill`).
     pub fill: Option<bool>,
+    /// `true`: the daemon pushes access profiles on its own (`--push-profiles`).
+    pub push_profiles: Option<bool>,
     /// `mount --threads`
     pub threads: Option<usize>,
     /// `build --jobs`

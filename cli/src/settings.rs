@@ -60,6 +60,8 @@ pub struct Settings {
     pub metrics: Option<String>,
     /// Fill roots from S3 in the background.
     pub fill: bool,
+    /// The daemon pushes the access profiles of what was read, once a minute and at unmount.
+    pub push_profiles: bool,
     /// Whose rights a command reads and writes the client's files with (set by the daemon for
     /// each client; `None`: this process's own).
     pub creds: Option<vorpalfs_store::Creds>,
@@ -156,6 +158,9 @@ impl Settings {
         let (fill, o) = pick(m, "fill", cli.fill, &files, |f| f.fill);
         let fill = fill.unwrap_or(false);
         show("fill", serde_json::json!(fill), &o, false);
+        let (push_profiles, o) = pick(m, "push_profiles", cli.push_profiles, &files, |f| f.push_profiles);
+        let push_profiles = push_profiles.unwrap_or(false);
+        show("push_profiles", serde_json::json!(push_profiles), &o, false);
         // Subcommand flags: `build -j`, `mount --threads` (no environment variable).
         let last = |get: fn(&config::File) -> Option<usize>| {
             files.iter().rev().find_map(|(p, f)| get(f).map(|v| (Some(v), Origin::File(p.clone()))))
@@ -185,6 +190,7 @@ impl Settings {
             xattrs,
             metrics,
             fill,
+            push_profiles,
             creds: None,
             jobs,
             threads,

@@ -143,6 +143,9 @@ pub fn spawn_daemon(settings: &Settings, mountpoint: &Path, threads: Option<usiz
     if settings.fill {
         cmd.arg("--fill");
     }
+    if settings.push_profiles {
+        cmd.arg("--push-profiles");
+    }
     if let Some(m) = &settings.metrics {
         cmd.arg("--metrics").arg(m);
     }

@@ -24,6 +24,9 @@ use super::protocol::{self, Frame, FrameWriter, FromS3, FsCounters, Reply, Reque
 use crate::commands::{self, Ctx};
 use crate::settings::Settings;
 
+/// How often a daemon with `--push-profiles` publishes what was read since its last push.
+const PROFILE_PUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 struct Daemon {
     store: Arc<Store>,
     builder: vorpalfs_builder::Builder,
@@ -128,6 +131,15 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
             }
         })?;
     }
+    if daemon.settings.push_profiles && daemon.store.has_remote() {
+        let d = daemon.clone();
+        std::thread::Builder::new().name("vorpalfs-profiles".into()).spawn(move || {
+            loop {
+                std::thread::sleep(PROFILE_PUSH_EVERY);
+                d.store.push_new_profiles();
+            }
+        })?;
+    }
     // Readiness line for whoever started us (and for logs).
     tracing::info!(pid = std::process::id(), mountpoint = %mountpoint.display(), store = %daemon.settings.store_dir.display(), "serving");
 
@@ -144,6 +156,12 @@ pub fn run(settings: Settings, mountpoint: &Path, threads: Option<usize>) -> Res
     let _ = std::fs::remove_file(&sock);
     daemon.builder.close();
     mounted.unmount().context("unmount failed")?;
+    if daemon.settings.push_profiles && daemon.store.has_remote() {
+        // What was read since the last push (failures are logged: a profile is a hint).
+        for r in daemon.store.push_new_profiles() {
+            tracing::info!(tree = %r.tree, chunks = r.written, "profile pushed at unmount");
+        }
+    }
     // Prefetch still in line is dropped; what is in the air lands.
     daemon.store.stop_background();
     // Fetches already sent land (or fail) before the store closes; a slow link cannot hold

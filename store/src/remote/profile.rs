@@ -145,6 +145,8 @@ impl Profile {
 pub(crate) struct Recorder {
     roots: HashMap<Digest, Touches>,
     total: usize,
+    /// At the cap with nothing to drop: touches are ignored until a push makes room.
+    full: bool,
 }
 
 #[derive(Default)]
@@ -157,7 +159,7 @@ struct Touches {
 
 impl Recorder {
     fn touch(&mut self, root: &Digest, chunk: Digest) {
-        if self.total >= RECORDED_MAX {
+        if self.total >= RECORDED_MAX && !self.make_room() {
             return;
         }
         let t = self.roots.entry(*root).or_default();
@@ -165,6 +167,20 @@ impl Recorder {
             t.order.push(chunk);
             self.total += 1;
         }
+    }
+}
+
+impl Recorder {
+    /// At the cap: drops the roots whose every recorded chunk is in S3 already (the next push
+    /// of one merges with S3's profile, so nothing is lost). Whether there is room now.
+    fn make_room(&mut self) -> bool {
+        if self.full {
+            return false;
+        }
+        self.roots.retain(|_, t| t.pushed < t.order.len());
+        self.total = self.roots.values().map(|t| t.order.len()).sum();
+        self.full = self.total >= RECORDED_MAX;
+        !self.full
     }
 }
 
@@ -300,8 +316,10 @@ impl Store {
             report.written = p.chunks.len();
             remote.wait(remote.put(key, p.encode().into()))?;
         }
-        if let Some(t) = self.read.recorder.lock().unwrap().roots.get_mut(&r.tree) {
+        let mut rec = self.read.recorder.lock().unwrap();
+        if let Some(t) = rec.roots.get_mut(&r.tree) {
             t.pushed = t.pushed.max(recorded.len());
+            rec.full = false;
         }
         Ok(report)
     }
@@ -397,5 +415,14 @@ mod tests {
             r.touch(&Digest(*blake3::hash(&i.to_be_bytes()).as_bytes()), Digest([2; 32]));
         }
         assert_eq!(r.total, RECORDED_MAX);
+        // A root whose chunks are all in S3 makes room for new ones; until then none is kept.
+        let late = Digest([3; 32]);
+        r.touch(&late, Digest([4; 32]));
+        assert!(!r.roots.contains_key(&late));
+        r.roots.get_mut(&Digest([1; 32])).unwrap().pushed = MAX_PROFILE_CHUNKS;
+        r.full = false;
+        r.touch(&late, Digest([4; 32]));
+        assert_eq!(r.roots[&late].order, [Digest([4; 32])]);
+        assert_eq!(r.total, RECORDED_MAX - MAX_PROFILE_CHUNKS + 1);
     }
 }
