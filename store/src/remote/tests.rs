@@ -1148,3 +1148,37 @@ fn repack_names_what_it_lacks() {
     let e = a.store.repack(&local.to_hex(), &|_, _| {}).unwrap_err().to_string();
     assert!(e.contains("S3 has no root object"), "{e}");
 }
+
+#[test]
+fn a_repack_that_fails_leaves_the_root_as_it_was_and_one_that_fetches_what_it_lacks_succeeds() {
+    let mem = Arc::new(MemoryStore::new());
+    let (src, d) = pushed(&mem);
+    let name = d.to_hex();
+    // Recorded but never read here: the repack has to fetch the hot chunks first.
+    let a = host(&mem, None);
+    a.store.resolve(&name).unwrap();
+    for p in ["small/f3", "big/b.bin", "small/f25"] {
+        let f = record(&a.store, &d, p).unwrap();
+        a.store.touched(&d, &f, 0, 1);
+    }
+    a.store.push_profile(&name).unwrap();
+    let root_before = mem.object(&format::root_key(&name)).unwrap();
+    let objects_before = mem.keys("").len();
+    // Every pack comes back damaged: the repack fails naming one, and writes nothing.
+    let packs: Vec<String> = mem.keys("packs/");
+    mem.faults(|f| f.corrupt = packs.clone());
+    let e = a.store.repack(&name, &|_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("pack") || e.contains("chunk"), "{e}");
+    assert_eq!(mem.object(&format::root_key(&name)).unwrap(), root_before);
+    assert_eq!(mem.keys("").len(), objects_before, "nothing was written to S3");
+    // (That host now holds those places for wrong.) Another, with S3 whole again, repacks.
+    mem.faults(|f| f.corrupt.clear());
+    let b = host(&mem, None);
+    let r = b.store.repack(&name, &|_, _| {}).unwrap();
+    assert!(!r.already && r.fetched_bytes > 0 && r.runs_after == 1, "{r:?}");
+    let h = host(&mem, None);
+    h.store.resolve(&name).unwrap();
+    for p in ["small/f3", "big/b.bin", "small/f25", "big/a.bin"] {
+        assert_eq!(file_bytes(&h.store, &d, p).unwrap(), std::fs::read(src.path().join(p)).unwrap(), "{p}");
+    }
+}
