@@ -583,8 +583,13 @@ impl Index {
                 )),
             });
         }
+        // In key order per column family (a stable sort: of two writes of one key the later
+        // still wins): the memtable's skiplist then inserts each next to the last instead of
+        // searching from its top, which a lookup's 100k-record batches measure as the most of it.
+        let mut ops = batch.ops;
+        ops.sort_by(|a, b| (a.0 as u8, &a.1).cmp(&(b.0 as u8, &b.1)));
         let mut wb = WriteBatch::default();
-        for (cf, k, v) in batch.ops {
+        for (cf, k, v) in ops {
             match v {
                 Some(v) => wb.put_cf(self.cf(cf), k, v),
                 None => wb.delete_cf(self.cf(cf), k),
