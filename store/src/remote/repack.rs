@@ -153,6 +153,11 @@ impl Store {
             names.push((alias, o));
         }
         for (n, mut obj) in names {
+            // Another host may have pushed a new version meanwhile: that one is not undone (the
+            // window left is one round trip, as for a push).
+            if self.root_object_in_s3(remote, &n)?.is_none_or(|now| (now.tree, now.index) != (obj.tree, obj.index)) {
+                return Err(refuse(format!("the root object {n} in S3 changed during the repack; run it again")));
+            }
             obj.index = index_digest;
             obj.kind = Some(obj.kind.unwrap_or(kind));
             if let Some(k) = &self.opts.trust.signer {
