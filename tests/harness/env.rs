@@ -145,8 +145,11 @@ impl Env {
         use std::os::unix::fs::PermissionsExt;
         let bin = self.path("vorpalfs-user");
         if !bin.exists() {
-            std::fs::copy(vorpalfs_bin(), &bin).expect("copy the binary");
-            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // Copied by another process: a file this one held open for writing could be
+            // inherited by a child another test thread forks meanwhile, and executing it would
+            // then fail with ETXTBSY ("Text file busy").
+            let ok = Command::new("install").args(["-m", "0755"]).arg(vorpalfs_bin()).arg(&bin).status();
+            assert!(ok.expect("run install").success(), "cannot copy the binary to {}", bin.display());
         }
         std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut c = Command::new("setpriv");
