@@ -151,46 +151,47 @@ if [ -x "$tree/bin/rustc" ]; then
   w_exec() { "$1/bin/rustc" --version > /dev/null; }
   w_compile() { "$1/bin/rustc" -o "$work/hello" "$work/hello.rs" && "$work/hello" > /dev/null; }
   w_small() { (cd "$1/share/doc/rust/html/book" && find . -type f | sort | xargs cat > /dev/null); }
+  # run_on HOST W: workload W on a new empty host (store and mount named HOST) from cold caches,
+  # through the link; sets took, run_gets, run_bytes. The host stays mounted.
+  run_on() {
+    rm -rf "$work/$1"
+    VORPALFS_STORE_DIR="$work/$1" "$B" mount "$work/mnt-$1" > /dev/null
+    cold
+    read -r _ r0 _ b0 <<<"$(link)"
+    t0=$(now); "w_$2" "$work/mnt-$1/$d"; t1=$(now)
+    read -r _ r1 _ b1 <<<"$(link)"
+    took=$(sec "$t0" "$t1"); run_gets=$((r1 - r0)); run_bytes=$((b1 - b0))
+  }
   for w in exec compile small; do
     cold
     t0=$(now); "w_$w" "$work/unpacked"; t1=$(now)
     local_run=$(sec "$t0" "$t1")
     vorpal=$(echo "$get1 + $unpack + $local_run" | bc)
     smart=$(echo "$get10 + $unpack + $local_run" | bc)
-    rm -rf "$work/e"
-    VORPALFS_STORE_DIR="$work/e" "$B" mount "$work/mnt-e" > /dev/null
-    cold
-    read -r _ r0 _ b0 <<<"$(link)"
-    t0=$(now); "w_$w" "$work/mnt-e/$d"; t1=$(now)
-    read -r _ r1 _ b1 <<<"$(link)"
-    lazy=$(sec "$t0" "$t1")
+    run_on e "$w"
+    lazy=$took
     VORPALFS_STORE_DIR="$work/e" "$B" profile push "$d" 2>/dev/null
     s3py get "v/roots/$d" "$work/root.obj"
-    echo "(e) $w: vorpalfs lazy $lazy s ($((r1 - r0)) requests, $((b1 - b0)) bytes) | Vorpal way $vorpal s -> $(ratio "$vorpal" "$lazy")x | smarter download $smart s -> $(ratio "$smart" "$lazy")x"
+    echo "(e) $w: vorpalfs lazy $lazy s ($run_gets requests, $run_bytes bytes) | Vorpal way $vorpal s -> $(ratio "$vorpal" "$lazy")x | smarter download $smart s -> $(ratio "$smart" "$lazy")x"
     record s3 "wan_${w}_lazy" "$lazy" s "$(ratio "$vorpal" "$lazy")"
     record s3 "wan_${w}_vs_smarter" "$lazy" s "$(ratio "$smart" "$lazy")"
-    record s3 "wan_${w}_requests" "$((r1 - r0))" requests
-    record s3 "wan_${w}_bytes" "$((b1 - b0))" bytes
+    record s3 "wan_${w}_requests" "$run_gets" requests
+    record s3 "wan_${w}_bytes" "$run_bytes" bytes
     # A second empty host, with the profile the first pushed: the clock starts at the lookup.
     # Then, after the first host repacked the hot chunks, a third.
     for host in second repacked; do
       if [ "$host" = repacked ]; then
         VORPALFS_STORE_DIR="$work/e" "$B" profile repack "$d"
       fi
-      rm -rf "$work/f"
-      VORPALFS_STORE_DIR="$work/f" "$B" mount "$work/mnt-f" > /dev/null
-      cold
-      read -r _ r0 _ b0 <<<"$(link)"
-      t0=$(now); "w_$w" "$work/mnt-f/$d"; t1=$(now)
-      read -r _ r1 _ b1 <<<"$(link)"
-      second=$(sec "$t0" "$t1")
+      run_on f "$w"
+      second=$took
       VORPALFS_STORE_DIR="$work/f" "$B" umount > /dev/null
       label="second host, with the profile"; key="second_host"
       [ "$host" = repacked ] && label="    and after a repack" && key="repacked"
-      echo "    $label: $second s ($((r1 - r0)) requests, $((b1 - b0)) bytes) | Vorpal way -> $(ratio "$vorpal" "$second")x | smarter download -> $(ratio "$smart" "$second")x"
+      echo "    $label: $second s ($run_gets requests, $run_bytes bytes) | Vorpal way -> $(ratio "$vorpal" "$second")x | smarter download -> $(ratio "$smart" "$second")x"
       record s3 "wan_${w}_$key" "$second" s "$(ratio "$vorpal" "$second")"
       record s3 "wan_${w}_${key}_vs_smarter" "$second" s "$(ratio "$smart" "$second")"
-      record s3 "wan_${w}_${key}_bytes" "$((b1 - b0))" bytes
+      record s3 "wan_${w}_${key}_bytes" "$run_bytes" bytes
     done
     # Each row on its own: the root object as pushed, no profile.
     VORPALFS_STORE_DIR="$work/e" "$B" umount > /dev/null

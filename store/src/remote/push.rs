@@ -62,6 +62,20 @@ pub(crate) struct Uploaded {
     pub error: Option<Error>,
 }
 
+/// Writes the index of closure `c` with chunk places `chunks` (unless S3 has it: it is named by
+/// its content). Returns its digest and the bytes sent.
+pub(crate) fn put_index(remote: &Remote, c: &Closure, chunks: &[(Digest, RemoteLocator)]) -> Result<(Digest, u64)> {
+    let index = format::encode_index(&c.trees, &c.files, chunks)?;
+    let digest = Digest(*blake3::hash(&index).as_bytes());
+    let key = format::index_key(&digest);
+    if remote.wait(remote.exists(key.clone()))? {
+        return Ok((digest, 0));
+    }
+    let sent = index.len() as u64;
+    remote.wait(remote.put(key, index.into()))?;
+    Ok((digest, sent))
+}
+
 impl Store {
     /// Every tree, file record and chunk id reachable from `root`.
     pub(crate) fn closure(&self, root: &Digest) -> Result<Closure> {
@@ -155,13 +169,8 @@ impl Store {
                 locs.get(id).map(|l| (*id, *l)).ok_or(Error::Missing { what: "chunk's place in S3", digest: *id })
             })
             .collect::<Result<_>>()?;
-        let index = format::encode_index(&c.trees, &c.files, &chunks)?;
-        let index_digest = Digest(*blake3::hash(&index).as_bytes());
-        let key = format::index_key(&index_digest);
-        if !remote.wait(remote.exists(key.clone()))? {
-            report.uploaded_bytes += index.len() as u64;
-            remote.wait(remote.put(key, index.into()))?;
-        }
+        let (index_digest, sent) = put_index(remote, &c, &chunks)?;
+        report.uploaded_bytes += sent;
         // A named root is also findable by its tree digest, which is what the mount shows. That
         // object must name its own tree: one naming another is replaced.
         if kind == RootKind::Root && name.parse::<Digest>().is_err() {

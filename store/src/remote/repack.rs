@@ -135,13 +135,8 @@ impl Store {
         report.runs_after = runs(hot.iter().map(|id| &moved[id]));
         let chunks: Vec<(Digest, RemoteLocator)> =
             c.chunks.iter().map(|id| (*id, *moved.get(id).unwrap_or(&places[id]))).collect();
-        let index = format::encode_index(&c.trees, &c.files, &chunks)?;
-        let index_digest = Digest(*blake3::hash(&index).as_bytes());
-        let ikey = format::index_key(&index_digest);
-        if !remote.wait(remote.exists(ikey.clone()))? {
-            report.uploaded_bytes += index.len() as u64;
-            remote.wait(remote.put(ikey, index.into()))?;
-        }
+        let (index_digest, sent) = super::push::put_index(remote, &c, &chunks)?;
+        report.uploaded_bytes += sent;
         // The same object with the new index: its signatures still hold (they do not cover the
         // index). The tree-digest alias is moved too when it names this tree.
         let kind = there.kind.unwrap_or(self.kind_of(&name)?);
