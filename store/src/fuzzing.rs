@@ -99,3 +99,26 @@ pub fn profile(data: &[u8]) {
         assert_eq!(crate::remote::profile::Profile::parse(&p.encode()), Some(p));
     }
 }
+
+/// The first bytes of a file, read as an ELF file's headers for a loader's reads: every range
+/// found lies within the file, and the tables are few.
+pub fn elf_hints(data: &[u8]) {
+    use crate::remote::elf;
+    let size = data.len() as u64;
+    let Some(ph) = elf::program_headers(data, size) else { return };
+    assert!(ph.end <= size);
+    let segs = elf::segments(&data[ph.start as usize..ph.end as usize], size);
+    for r in segs.writable.iter().chain(&segs.dynamic).chain(&segs.mapped()) {
+        assert!(r.start <= r.end && r.end <= size, "{r:?} outside a file of {size} bytes");
+    }
+    if let Some(d) = &segs.dynamic {
+        let tables = elf::tables(&data[d.start as usize..d.end as usize], &segs);
+        assert!(tables.len() <= 16);
+        for w in tables.windows(2) {
+            assert!(w[0].end < w[1].start, "tables not merged and in order: {tables:?}");
+        }
+        for r in &tables {
+            assert!(r.start < r.end && r.end <= size, "{r:?} outside a file of {size} bytes");
+        }
+    }
+}

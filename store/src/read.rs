@@ -264,6 +264,8 @@ impl Store {
             };
             match remote.wait(land(flight)) {
                 Ok(d) => return Ok(Some(d)),
+                // Kept here unchecked as it landed (or dropped unsent: fetched again).
+                Err(Error::Abandoned) if let Ok(Some(d)) = self.chunk_local(&file.chunks[i].id) => return Ok(Some(d)),
                 Err(e) if place_is_wrong(&e) || matches!(e, Error::Abandoned) => drop(failed.get_or_insert(e)),
                 Err(e) => return Err(e),
             }
@@ -279,7 +281,7 @@ impl Store {
         }
         self.read.misses.fetch_add(1, Ordering::Relaxed);
         let mut failed = None;
-        let mut local_tried = false;
+        let (mut local_tried, mut sent) = (false, false);
         for _ in 0..MAX_TRIES {
             if let Some(c) = self.chunks.get(&id) {
                 return Ok(c);
@@ -314,6 +316,7 @@ impl Store {
                         }
                         Miss::Plan(Ok(Plan::Send(pieces, f))) => {
                             self.launch(pieces)?;
+                            sent = true;
                             f
                         }
                         Miss::Plan(Err(e)) => return Err(failed.unwrap_or(e)),
@@ -325,9 +328,28 @@ impl Store {
             {
                 self.count_for(r, |s| s.demand_misses += 1);
             }
-            match land(flight).await {
-                Ok(d) => return Ok(d),
-                Err(e) if place_is_wrong(&e) || matches!(e, Error::Abandoned) => drop(failed.get_or_insert(e)),
+            let waited = std::time::Instant::now();
+            let landed = land(flight).await;
+            tracing::debug!(
+                size = file.size,
+                chunk = i,
+                offset = file.chunks[i].offset,
+                ms = waited.elapsed().as_secs_f64() * 1e3,
+                "a read waited for S3"
+            );
+            match landed {
+                Ok(d) => {
+                    if i == 0 && sent {
+                        self.fetch_for_loader(file, &d, root);
+                    }
+                    return Ok(d);
+                }
+                // Dropped unsent, or kept here unchecked as it landed: look here again.
+                Err(Error::Abandoned) => {
+                    local_tried = false;
+                    failed.get_or_insert(Error::Abandoned);
+                }
+                Err(e) if place_is_wrong(&e) => drop(failed.get_or_insert(e)),
                 Err(e) => return Err(e),
             }
         }

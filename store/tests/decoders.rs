@@ -66,6 +66,16 @@ proptest! {
         fuzzing::root_object(&data);
         fuzzing::profile(&data);
         fuzzing::pack_records(&data);
+        fuzzing::elf_hints(&data);
+    }
+
+    #[test]
+    fn changed_elf_headers_never_break_the_loader_hints(e in edits()) {
+        let seed = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/elf_hints/shared-object")).unwrap();
+        fuzzing::elf_hints(&seed);
+        // Into the headers (the first 232 bytes) or .dynamic (at 0x2040): the rest is filler.
+        let e: Vec<(usize, u8)> = e.iter().map(|&(at, v)| (if at % 2 == 0 { at % 232 } else { 0x2040 + at % 0x70 }, v)).collect();
+        fuzzing::elf_hints(&mutate(seed, &e));
     }
 
     #[test]

@@ -125,6 +125,8 @@ pub(crate) struct ReadState {
     pub prefetched_gets: AtomicU64,
     /// Large files read in many places whose rest was fetched in the background.
     pub whole_files: AtomicU64,
+    /// Bytes (as stored) asked for ahead of a loader (see `Store::fetch_for_loader`).
+    pub loader_bytes: AtomicU64,
     /// Background work started and not yet landed (see [`crate::Store::settle`]).
     pub pending: Pending,
 }
@@ -193,6 +195,7 @@ impl Default for ReadState {
             fetched_bytes: AtomicU64::new(0),
             prefetched_gets: AtomicU64::new(0),
             whole_files: AtomicU64::new(0),
+            loader_bytes: AtomicU64::new(0),
             pending: Pending::default(),
         }
     }

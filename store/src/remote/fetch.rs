@@ -233,6 +233,7 @@ impl Store {
         let root = &r.found.root;
         // From "is this tree/file here?" to the commit: gc must not remove what is reused.
         let _writer = self.gc_lock.read().unwrap();
+        let t0 = std::time::Instant::now();
         let mut batch = Batch::default();
         if let Some(bytes) = &r.index {
             let mut trees: HashMap<Digest, Vec<u8>> = HashMap::new();
@@ -247,6 +248,7 @@ impl Store {
                 Ok(())
             })?;
             decoded(&places);
+            let t_decoded = t0.elapsed().as_millis();
             let lacks = |what: &'static str, digest: Digest| Error::Corrupt {
                 what: "remote index",
                 digest: root.index,
@@ -281,6 +283,7 @@ impl Store {
             }
             // The file records and their chunks' places, on every core (a toolchain has 50k).
             use rayon::prelude::*;
+            let t_walked = t0.elapsed().as_millis();
             let mut parts = file_digests
                 .par_chunks(4096)
                 .map(|ds| {
@@ -313,7 +316,9 @@ impl Store {
             // that makes them reachable: a crash between leaves records no root reaches (gc
             // drops them) and no applied index (the next lookup fetches it again).
             parts.push(trees_batch);
+            let t_files = t0.elapsed().as_millis();
             parts.into_par_iter().try_for_each(|b| self.index.commit_with(b, false))?;
+            tracing::debug!(t_decoded, t_walked, t_files, t_committed = t0.elapsed().as_millis(), "recorded");
             batch.put_meta(Meta::AppliedIndex(&root.index), b"");
         } else if !self.index.has_tree(&root.tree)? {
             // Went away (gc) between the question and now: the next lookup fetches the index.
@@ -416,7 +421,7 @@ impl Store {
                 }
             }
         }
-        match self.keep_fetched(&good, held) {
+        match self.keep_fetched(&good, held, true) {
             // A pull exists to keep the data: its failure is the pull's.
             Err(e) if held => return Err(e),
             // A read has its bytes whether or not they could be kept (a full disk, say).
@@ -426,8 +431,14 @@ impl Store {
         Ok(first.expect("the first chunk was checked"))
     }
 
-    /// Appends verified chunks to the open fetch pack and indexes them in one commit.
-    pub(crate) fn keep_fetched(&self, chunks: &[(Digest, RemoteLocator, Bytes)], held: bool) -> Result<()> {
+    /// Appends chunks fetched from S3 to the open fetch pack and indexes them in one commit:
+    /// verified ones (`checked`), or ones a read checks when it first reads them.
+    pub(crate) fn keep_fetched(
+        &self,
+        chunks: &[(Digest, RemoteLocator, Bytes)],
+        held: bool,
+        checked: bool,
+    ) -> Result<()> {
         // While gc runs, fetched chunks are served from memory but not kept on disk: a read
         // never waits for a gc. A caller already holding the lock (pull) says so: a second
         // shared lock could fail while gc waits for the first.
@@ -453,8 +464,11 @@ impl Store {
             let w = slot.as_mut().expect("just opened");
             let loc = w.append(id, rl.raw_len, rl.codec, stored)?;
             batch.put_locator(id, &loc);
-            // The place gave the right bytes: a push may now name it.
-            batch.put_remote(id, rl, Place::Verified);
+            // The place gave the right bytes: a push may now name it. Bytes kept unchecked are
+            // checked when read, like every chunk read from a pack; their place stays as it was.
+            if checked {
+                batch.put_remote(id, rl, Place::Verified);
+            }
             self.fetched.touch_new(w.id());
         }
         let full = slot.as_ref().is_some_and(|w| w.len() >= self.fetch_pack_size());

@@ -81,6 +81,11 @@ const FAR: std::time::Duration = std::time::Duration::from_millis(4);
 /// faulting through a library by mmap touches it in many places, each a round trip otherwise.
 const WHOLE_AFTER: u32 = 3;
 const WHOLE_FILE_MAX: u64 = 512 << 20;
+/// An ELF file at least this large has what a loader reads of it fetched when its first bytes
+/// arrive (see [`Store::fetch_for_loader`]), at most [`LOADER_MAX`] bytes of it: below it, the
+/// readahead window fetches a file whole anyway.
+const LOADER_MIN: u64 = 2 * WINDOW_MIN;
+const LOADER_MAX: u64 = 512 << 20;
 /// Files whose readahead window is remembered (beyond this the memory is cleared).
 const WINDOWS_KEPT: usize = 4096;
 
@@ -108,6 +113,10 @@ pub(crate) struct Piece {
     class: Class,
     /// The root a reader read it for (for the per-root counters), if known.
     root: Option<Digest>,
+    /// Fetched unasked, likely never read (the rest of a large file): its chunks that no
+    /// reader waits for when it lands are kept as S3 sent them, checked when first read, not
+    /// decoded now (on a small host, decoding what is never read starves what is).
+    lazy: bool,
 }
 
 /// Who waits for a piece, which says when it is sent.
@@ -303,11 +312,19 @@ impl Store {
                 what: PieceKind::Blind(range, tx),
                 class: Class::Background,
                 root: None,
+                lazy: false,
             });
         }
         for p in &mut pieces {
             p.root = root;
         }
+        tracing::debug!(
+            size = file.size,
+            chunk = i,
+            gets = pieces.len(),
+            bytes = pieces.iter().map(|p| p.range().end - p.range().start).sum::<u64>(),
+            "a miss planned"
+        );
         Ok(Plan::Send(pieces, wait))
     }
 
@@ -456,7 +473,7 @@ impl Store {
                         let what = PieceKind::Known(std::mem::take(&mut cur));
                         pieces.push((
                             std::mem::replace(&mut rank, usize::MAX),
-                            Piece { pack, what, class: class.clone(), root: None },
+                            Piece { pack, what, class: class.clone(), root: None, lazy: false },
                         ));
                     }
                 }
@@ -466,7 +483,10 @@ impl Store {
                 rank = rank.min(r);
             }
             if !cur.is_empty() {
-                pieces.push((rank, Piece { pack, what: PieceKind::Known(cur), class: class.clone(), root: None }));
+                pieces.push((
+                    rank,
+                    Piece { pack, what: PieceKind::Known(cur), class: class.clone(), root: None, lazy: false },
+                ));
             }
         }
         pieces.sort_by_key(|(rank, _)| *rank);
@@ -485,7 +505,91 @@ impl Store {
                 by_pack.entry(loc.pack).or_default().push((c.id, loc, rank));
             }
         }
-        Ok(self.background_pieces(by_pack, class))
+        let mut pieces = self.background_pieces(by_pack, class);
+        for p in &mut pieces {
+            p.lazy = true;
+        }
+        Ok(pieces)
+    }
+
+    /// Chunk 0 of `file` (its first bytes `head`) just arrived for a reader: if it is a large
+    /// ELF library or executable, what a loader reads of it (see `elf.rs`) is fetched at once,
+    /// in parallel GETs, before the loader faults through it page by page. Returns at once.
+    pub(crate) fn fetch_for_loader(self: &Arc<Self>, file: &Arc<FileRecord>, head: &Bytes, root: Option<Digest>) {
+        if file.size < LOADER_MIN || !self.far_from_s3() {
+            return;
+        }
+        let (Some(ph), Some(remote)) = (super::elf::program_headers(head, file.size), self.remote.as_ref()) else {
+            return;
+        };
+        let (store, file) = (Pending::start(self), file.clone());
+        remote.handle().spawn(async move {
+            let t = std::time::Instant::now();
+            let len = |r: &Range<u64>| (r.end - r.start) as usize;
+            // The program headers (a loader reads them next; they may lie far from the start).
+            let Ok(ph) = store.read_async_in(root, file.clone(), ph.start, len(&ph)).await else { return };
+            let segs = super::elf::segments(&ph, file.size);
+            let mut want: Vec<Range<u64>> = segs.writable.clone();
+            want.extend(segs.dynamic.clone());
+            let mut bytes = store.fetch_ranges(&file, want, root, false).await;
+            if let Some(d) = segs.dynamic.clone()
+                && let Ok(dynamic) = store.read_async_in(root, file.clone(), d.start, len(&d)).await
+            {
+                bytes += store.fetch_ranges(&file, super::elf::tables(&dynamic, &segs), root, false).await;
+            }
+            // Then the rest of what it maps, behind reads: the program runs through it.
+            bytes += store.fetch_ranges(&file, segs.mapped(), root, true).await;
+            store.read.loader_bytes.fetch_add(bytes, Relaxed);
+            tracing::debug!(
+                size = file.size,
+                bytes,
+                ms = t.elapsed().as_millis(),
+                "fetching what a loader reads of a file"
+            );
+        });
+    }
+
+    /// Sends GETs for the chunks of `file` covering `ranges` that are neither here nor in
+    /// flight, at most [`LOADER_MAX`] bytes (as stored) in all: at once, or (`rest`) lazy
+    /// pieces behind the background permits. Returns the bytes asked for.
+    async fn fetch_ranges(
+        self: &Arc<Self>,
+        file: &Arc<FileRecord>,
+        ranges: Vec<Range<u64>>,
+        root: Option<Digest>,
+        rest: bool,
+    ) -> u64 {
+        let (store, file) = (self.clone(), file.clone());
+        let pieces = tokio::task::spawn_blocking(move || -> Result<Vec<Piece>> {
+            let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
+            let (mut seen, mut total) = (std::collections::HashSet::new(), 0u64);
+            for r in ranges.iter().filter(|r| r.start < r.end && r.end <= file.size) {
+                for i in file.chunk_at(r.start)..=file.chunk_at(r.end - 1) {
+                    let id = file.chunks[i].id;
+                    if !seen.insert(id) {
+                        continue;
+                    }
+                    if let Some(loc) = store.to_fetch(&id)? {
+                        total += u64::from(loc.stored_len) + RECORD_HEADER;
+                        if total > LOADER_MAX {
+                            break;
+                        }
+                        by_pack.entry(loc.pack).or_default().push((id, loc, i));
+                    }
+                }
+            }
+            Ok(store.background_pieces(by_pack, if rest { Class::Background } else { Class::Demand }))
+        })
+        .await;
+        let Ok(Ok(mut pieces)) = pieces else { return 0 };
+        for p in &mut pieces {
+            (p.root, p.lazy) = (root, rest);
+        }
+        let bytes = pieces.iter().map(|p| p.range().end - p.range().start).sum();
+        match self.launch(pieces) {
+            Ok(()) => bytes,
+            Err(_) => 0,
+        }
     }
 
     /// Fetches the rest of `tree` in the background (see [`Store::fill`]). Returns at once.
@@ -529,6 +633,7 @@ impl Store {
                 what: PieceKind::Known(chunks),
                 class: Class::Background,
                 root: Some(*tree),
+                lazy: false,
             };
             total += p.range().end - p.range().start;
             while sent.len() >= FILL_GETS {
@@ -757,10 +862,15 @@ impl Store {
                         return self.retire(chunks.iter().map(|(id, _, tx)| (id, tx)));
                     }
                 };
-                let mut good = Vec::with_capacity(chunks.len());
+                let (mut good, mut unchecked) = (Vec::with_capacity(chunks.len()), Vec::new());
                 for (id, rl, tx) in &chunks {
                     let at = (rl.offset - start) as usize;
                     let stored = bytes.slice(at..at + rl.stored_len as usize);
+                    // Only the flights map holds its receiver: no reader waits for it.
+                    if p.lazy && tx.receiver_count() <= 1 {
+                        unchecked.push((*id, *rl, stored));
+                        continue;
+                    }
                     let place = || format!("fetched from S3 pack {} at {}", rl.pack, rl.offset);
                     match decode_chunk(id, rl, stored.clone(), &place) {
                         Ok(data) => {
@@ -776,7 +886,9 @@ impl Store {
                         }
                     }
                 }
-                self.keep(&good);
+                self.keep(&good, true);
+                // Kept before their flights end: a reader that came since finds them here.
+                self.keep(&unchecked, false);
                 self.retire(chunks.iter().map(|(id, _, tx)| (id, tx)));
             }
             PieceKind::Blind(_, landed) => {
@@ -784,7 +896,7 @@ impl Store {
                     Ok(bytes) => {
                         let good = self.neighbours(&p.pack, start, &bytes);
                         landed.send_replace(true);
-                        self.keep(&good);
+                        self.keep(&good, true);
                     }
                     Err(e) => tracing::debug!(pack = %p.pack, "reading the neighbours of a file failed: {e}"),
                 }
@@ -831,13 +943,14 @@ impl Store {
         good
     }
 
-    /// Keeps verified chunks on disk (a read has its bytes whether or not they could be kept).
-    fn keep(&self, good: &[(Digest, RemoteLocator, Bytes)]) {
+    /// Keeps fetched chunks on disk (a read has its bytes whether or not they could be kept):
+    /// `checked`, or as S3 sent them, to be checked when first read (see [`Piece::lazy`]).
+    fn keep(&self, good: &[(Digest, RemoteLocator, Bytes)], checked: bool) {
         if good.is_empty() {
             return;
         }
         self.read.fetched_bytes.fetch_add(good.iter().map(|(_, l, _)| u64::from(l.raw_len)).sum(), Relaxed);
-        if let Err(e) = self.keep_fetched(good, false) {
+        if let Err(e) = self.keep_fetched(good, false, checked) {
             tracing::warn!("cannot keep chunks fetched from S3 on disk (they are served anyway): {e}");
         }
     }
@@ -865,13 +978,19 @@ fn cut(pack: Digest, chunks: Vec<(Digest, RemoteLocator, watch::Sender<Landing>)
         let limit = if pieces.is_empty() { DEMAND_PIECE } else { piece };
         if bytes >= limit {
             let class = if pieces.is_empty() { Class::Demand } else { Class::Background };
-            pieces.push(Piece { pack, what: PieceKind::Known(std::mem::take(&mut cur)), class, root: None });
+            pieces.push(Piece {
+                pack,
+                what: PieceKind::Known(std::mem::take(&mut cur)),
+                class,
+                root: None,
+                lazy: false,
+            });
             bytes = 0;
         }
     }
     if !cur.is_empty() {
         let class = if pieces.is_empty() { Class::Demand } else { Class::Background };
-        pieces.push(Piece { pack, what: PieceKind::Known(cur), class, root: None });
+        pieces.push(Piece { pack, what: PieceKind::Known(cur), class, root: None, lazy: false });
     }
     pieces
 }

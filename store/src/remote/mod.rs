@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, RemoteError, Result};
 
 pub mod claims;
+pub(crate) mod elf;
 pub mod evict;
 pub mod fetch;
 pub mod format;
@@ -397,6 +398,7 @@ impl Remote {
                 .await?;
             this.timed_get(b.len(), t.elapsed());
             this.counted_get(b.len());
+            tracing::trace!(key, start = range.start, bytes = b.len(), ms = t.elapsed().as_secs_f64() * 1e3, "GET");
             Ok(b)
         }
     }

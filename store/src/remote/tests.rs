@@ -742,6 +742,111 @@ fn a_large_file_read_in_many_places_is_fetched_whole_in_the_background() {
 }
 
 #[test]
+fn bytes_fetched_unasked_and_kept_unchecked_are_never_served_wrong() {
+    let src = tempfile::tempdir().unwrap();
+    let want = pseudo_random(32 << 20, 3);
+    write(&src.path().join("big/c.bin"), &want);
+    let mem = Arc::new(MemoryStore::new());
+    let a = host(&mem, None);
+    let d = a.store.ingest(src.path(), None).unwrap().root;
+    a.store.push(&d.to_hex(), &|_, _| {}).unwrap();
+    mem.faults(|f| f.latency = Duration::from_millis(5));
+    let h = host_with(&mem, |o| o.prefetch_below = 0);
+    let store = h.store.clone();
+    store.resolve(&d.to_hex()).unwrap();
+    let rt = runtime();
+    let f = record(&store, &d, "big/c.bin").unwrap();
+    // Damage the chunk at 10 MiB in its S3 pack: only the rest of the file brings it.
+    let bad = f.chunk_at(10 << 20);
+    let place = store.remote_place(&f.chunks[bad].id).unwrap().unwrap().loc;
+    let key = format::pack_key(&place.pack);
+    let mut pack = mem.object(&key).unwrap().to_vec();
+    pack[place.offset as usize + 2] ^= 0x40;
+    mem.insert(&key, pack);
+    for off in [31 << 20, 0, 20 << 20] {
+        let got = rt.block_on(store.read_async(f.clone(), off, 100)).unwrap();
+        assert!(got[..] == want[off as usize..off as usize + 100]);
+    }
+    let t = Instant::now();
+    while store.cache_stats().fetched_bytes < (32 << 20) - u64::from(f.chunks[bad].len) || !store.settle(Duration::ZERO)
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "the rest never came: {:?}", store.cache_stats());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Kept as S3 sent them, not decoded (in memory: only the windows of the three reads) ...
+    assert!(store.cache_stats().chunk_cache_bytes < 16 << 20, "{:?}", store.cache_stats());
+    // ... and checked when read: the damaged chunk fails by name, the others read right.
+    let at = f.chunks[bad].offset;
+    let e = rt.block_on(store.read_async(f.clone(), at, 10)).unwrap_err();
+    assert!(matches!(e, crate::Error::Corrupt { what: "chunk", .. }), "{e}");
+    let e = store.read(&f, at, 10).unwrap_err();
+    assert!(matches!(e, crate::Error::Corrupt { what: "chunk", .. }), "{e}");
+    mem.faults(|f| f.outage = true);
+    for i in (0..f.chunks.len()).filter(|i| *i != bad) {
+        let (o, n) = (f.chunks[i].offset as usize, f.chunks[i].len as usize);
+        let got = rt.block_on(store.read_async(f.clone(), o as u64, n)).unwrap();
+        assert!(got[..] == want[o..o + n], "chunk {i}");
+    }
+}
+
+#[test]
+fn a_loader_opening_a_large_library_has_what_it_reads_fetched_at_once() {
+    // A 24 MiB shared object: read-only code and tables at the start, the tables named by
+    // .dynamic at 1 MiB, a writable segment (with .dynamic) at 20 MiB, symbols past 22 MiB.
+    let mb = 1u64 << 20;
+    let mut so = pseudo_random(24 << 20, 7);
+    let phdrs: [(u32, u32, u64, u64, u64); 3] =
+        [(1, 5, 0, 0, 20 * mb), (1, 6, 20 * mb, 20 * mb + 0x1000, mb), (2, 6, 20 * mb + 64, 20 * mb + 0x1040, 64)];
+    let mut head = vec![0u8; 64];
+    head[..6].copy_from_slice(b"\x7fELF\x02\x01");
+    head[16..18].copy_from_slice(&3u16.to_le_bytes());
+    head[32..40].copy_from_slice(&64u64.to_le_bytes());
+    head[54..56].copy_from_slice(&56u16.to_le_bytes());
+    head[56..58].copy_from_slice(&3u16.to_le_bytes());
+    for (kind, flags, off, vaddr, len) in phdrs {
+        for v in [u64::from(kind) | u64::from(flags) << 32, off, vaddr, vaddr, len, len, 8] {
+            head.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    so[..head.len()].copy_from_slice(&head);
+    let mut dynamic = Vec::new();
+    for (t, v) in [(6i64, mb), (5, 2 * mb), (10, 4096), (0, 0)] {
+        dynamic.extend_from_slice(&t.to_le_bytes());
+        dynamic.extend_from_slice(&v.to_le_bytes());
+    }
+    let at = (20 * mb + 64) as usize;
+    so[at..at + dynamic.len()].copy_from_slice(&dynamic);
+    let src = tempfile::tempdir().unwrap();
+    write(&src.path().join("lib/libbig.so"), &so);
+    let mem = Arc::new(MemoryStore::new());
+    let a = host(&mem, None);
+    let d = a.store.ingest(src.path(), None).unwrap().root;
+    a.store.push(&d.to_hex(), &|_, _| {}).unwrap();
+    mem.faults(|f| f.latency = Duration::from_millis(5));
+    let b = host_with(&mem, |o| o.prefetch_below = 0);
+    let store = b.store.clone();
+    store.resolve(&d.to_hex()).unwrap();
+    let rt = runtime();
+    let f = record(&store, &d, "lib/libbig.so").unwrap();
+    // The loader reads the header: the rest of what it reads follows at once.
+    let got = rt.block_on(store.read_async(f.clone(), 0, 832)).unwrap();
+    assert!(got[..] == so[..832]);
+    let t = Instant::now();
+    while store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed) == 0 || !store.settle(Duration::ZERO) {
+        assert!(t.elapsed() < Duration::from_secs(10), "nothing fetched for the loader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The tables, the writable segment and the mapped code are here: S3 gone, they read; what
+    // no segment maps (the symbols past 22 MiB) is not.
+    mem.faults(|f| f.outage = true);
+    for off in [mb, 2 * mb, 10 * mb, 20 * mb + 64, 20 * mb + mb / 2] {
+        let got = rt.block_on(store.read_async(f.clone(), off, 100)).unwrap();
+        assert!(got[..] == so[off as usize..off as usize + 100], "at {off}");
+    }
+    assert!(rt.block_on(store.read_async(f.clone(), 23 * mb, 100)).is_err());
+}
+
+#[test]
 fn over_a_near_link_a_read_fetches_only_what_it_reads() {
     let mem = Arc::new(MemoryStore::new());
     let (src, d) = pushed(&mem);
