@@ -101,6 +101,8 @@ pub(crate) struct ReadState {
     pub tails: Mutex<HashMap<Digest, (u64, u64)>>,
     /// Permits of background GETs (readahead, neighbours, the rest of a large file).
     pub background: Arc<tokio::sync::Semaphore>,
+    /// Permits of GETs for the rest of large files.
+    pub rest: Arc<tokio::sync::Semaphore>,
     /// Permits of prefetch GETs (profiles, small roots): a class of their own, so that a long
     /// prefetch never holds up the readahead of a program reading now.
     pub prefetch: Arc<tokio::sync::Semaphore>,
@@ -127,6 +129,8 @@ pub(crate) struct ReadState {
     pub whole_files: AtomicU64,
     /// Bytes (as stored) asked for ahead of a loader (see `Store::fetch_for_loader`).
     pub loader_bytes: AtomicU64,
+    /// Files (by their first chunk) whose loader reads were fetched.
+    pub loaded: Mutex<std::collections::HashSet<Digest>>,
     /// Background work started and not yet landed (see [`crate::Store::settle`]).
     pub pending: Pending,
 }
@@ -182,6 +186,7 @@ impl Default for ReadState {
             blind: Default::default(),
             tails: Default::default(),
             background: Arc::new(tokio::sync::Semaphore::new(crate::remote::lazy::BACKGROUND_GETS)),
+            rest: Arc::new(tokio::sync::Semaphore::new(crate::remote::lazy::REST_GETS)),
             prefetch: Arc::new(tokio::sync::Semaphore::new(crate::remote::lazy::PREFETCH_GETS)),
             queued: Default::default(),
             stopping: Default::default(),
@@ -196,6 +201,7 @@ impl Default for ReadState {
             prefetched_gets: AtomicU64::new(0),
             whole_files: AtomicU64::new(0),
             loader_bytes: AtomicU64::new(0),
+            loaded: Default::default(),
             pending: Pending::default(),
         }
     }

@@ -70,10 +70,17 @@ impl FileRecord {
 
     /// Decodes the record of the file `digest`, checking that it is that file's.
     pub fn decode(b: &[u8], digest: &Digest) -> Result<FileRecord> {
-        let bad = |detail: &str| Error::Corrupt { what: "file record", digest: *digest, detail: detail.into() };
         if Digest::of(Kind::File, b) != *digest {
-            return Err(bad("record does not match its digest"));
+            let detail = "record does not match its digest".into();
+            return Err(Error::Corrupt { what: "file record", digest: *digest, detail });
         }
+        Self::decode_checked(b, digest)
+    }
+
+    /// [`FileRecord::decode`] of bytes checked against `digest` already (an index decoded a
+    /// moment ago): the same checks but the hash.
+    pub(crate) fn decode_checked(b: &[u8], digest: &Digest) -> Result<FileRecord> {
+        let bad = |detail: &str| Error::Corrupt { what: "file record", digest: *digest, detail: detail.into() };
         if b.len() < 12 {
             return Err(bad("truncated"));
         }

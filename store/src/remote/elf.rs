@@ -28,6 +28,7 @@ const MAX_TABLE: u64 = 256 << 20;
 
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
+const PF_X: u32 = 1;
 const PF_W: u32 = 2;
 
 /// The `.dynamic` tags whose tables a loader reads: start tags with their size tags (`None`:
@@ -83,8 +84,8 @@ pub(crate) fn program_headers(head: &[u8], size: u64) -> Option<Range<u64>> {
 /// What the program headers say a loader maps.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Segments {
-    /// Each loaded segment: its address, its offset in the file and its size there.
-    loads: Vec<(u64, u64, u64)>,
+    /// Each loaded segment: its address, its offset in the file, its size there and its flags.
+    loads: Vec<(u64, u64, u64, u32)>,
     /// The file ranges of the writable segments (relocated, so read whole).
     pub writable: Vec<Range<u64>>,
     /// The file range of `.dynamic`.
@@ -92,17 +93,20 @@ pub(crate) struct Segments {
 }
 
 impl Segments {
-    /// The file ranges of every loaded segment.
+    /// The file ranges of every loaded segment, the executable ones first (a program runs
+    /// through its code before it reads most of its data).
     pub fn mapped(&self) -> Vec<Range<u64>> {
-        self.loads.iter().map(|(_, off, len)| *off..off + len).collect()
+        let mut loads: Vec<_> = self.loads.iter().collect();
+        loads.sort_by_key(|(_, _, _, flags)| flags & PF_X == 0);
+        loads.iter().map(|(_, off, len, _)| *off..off + len).collect()
     }
 
     /// The file offset of address `vaddr`, and how many bytes of its segment follow it.
     fn offset_of(&self, vaddr: u64) -> Option<(u64, u64)> {
         self.loads
             .iter()
-            .find(|(at, _, len)| vaddr >= *at && vaddr - at < *len)
-            .map(|(at, off, len)| (off + (vaddr - at), len - (vaddr - at)))
+            .find(|(at, _, len, _)| vaddr >= *at && vaddr - at < *len)
+            .map(|(at, off, len, _)| (off + (vaddr - at), len - (vaddr - at)))
     }
 }
 
@@ -119,7 +123,7 @@ pub(crate) fn segments(ph: &[u8], size: u64) -> Segments {
         let Some(range) = within(offset, filesz, size) else { continue };
         match kind {
             PT_LOAD if filesz > 0 => {
-                s.loads.push((vaddr, offset, filesz));
+                s.loads.push((vaddr, offset, filesz, flags));
                 if flags & PF_W != 0 {
                     s.writable.push(range);
                 }

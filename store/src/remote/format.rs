@@ -7,8 +7,9 @@
 //!                chunks write the same key
 //! indexes/<hex>  zstd of: every tree and file record of one root's closure, and for every chunk
 //!                its place (pack, offset, stored/raw length, codec); <hex> = BLAKE3 of the object
-//! roots/<name>   "vorpalfs root v3\nkind root|result\ntree <hex>\nindex <hex>\n" and one line
-//!                "sig <key> <time> <base64>" per signature (trust.rs); build results are roots
+//! roots/<name>   "vorpalfs root v3\nkind root|result\ntree <hex>\nindex <hex>\n", optionally
+//!                "index-size <bytes>\n" (a hint: the index is fetched in parallel ranges), and
+//!                one line "sig <key> <time> <base64>" per signature (trust.rs); build results are roots
 //!                named by their input digest, named roots are also written under their tree
 //!                digest
 //! claims/<hex>   "<unix time> <host:pid>\n" while a host builds that input digest, and a
@@ -31,7 +32,7 @@ use crate::remote::trust::{MAX_SIGNATURES, RootKind, SecretKey, Sig, root_statem
 /// read.
 pub const ROOT_HEADER: &str = "vorpalfs root v3";
 pub const ROOT_HEADER_V2: &str = "vorpalfs root v2";
-/// A root object is four short lines and at most [`MAX_SIGNATURES`] signature lines.
+/// A root object is five short lines and at most [`MAX_SIGNATURES`] signature lines.
 pub const MAX_ROOT_OBJECT: u64 = 16 << 10;
 /// The largest index object read (compressed).
 pub const MAX_INDEX_OBJECT: u64 = 512 << 20;
@@ -67,6 +68,9 @@ pub fn claim_key(name: &str) -> String {
 pub struct RootObject {
     pub tree: Digest,
     pub index: Digest,
+    /// The index's size, when the pusher wrote it down (a v3 object may): a host then fetches
+    /// the index in parallel ranges. A hint only: the index is checked against its digest.
+    pub index_size: Option<u64>,
     /// `None` for a v2 object (before signing: it can carry no signature).
     pub kind: Option<RootKind>,
     pub sigs: Vec<Sig>,
@@ -75,7 +79,7 @@ pub struct RootObject {
 impl RootObject {
     /// An unsigned root object of `kind`.
     pub fn new(kind: RootKind, tree: Digest, index: Digest) -> RootObject {
-        RootObject { tree, index, kind: Some(kind), sigs: Vec::new() }
+        RootObject { tree, index, index_size: None, kind: Some(kind), sigs: Vec::new() }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -83,6 +87,9 @@ impl RootObject {
             return format!("{ROOT_HEADER_V2}\ntree {}\nindex {}\n", self.tree, self.index).into_bytes();
         };
         let mut out = format!("{ROOT_HEADER}\nkind {}\ntree {}\nindex {}\n", kind.as_str(), self.tree, self.index);
+        if let Some(n) = self.index_size {
+            out.push_str(&format!("index-size {n}\n"));
+        }
         for s in &self.sigs {
             out.push_str(&format!("sig {}\n", s.encode()));
         }
@@ -99,6 +106,15 @@ impl RootObject {
         };
         let tree = lines.next()?.strip_prefix("tree ")?.parse().ok()?;
         let index = lines.next()?.strip_prefix("index ")?.parse().ok()?;
+        let mut lines = lines.peekable();
+        let index_size = match lines.peek().and_then(|l| l.strip_prefix("index-size ")) {
+            Some(n) if kind.is_some() => {
+                let n: u64 = n.parse().ok().filter(|n| *n <= MAX_INDEX_OBJECT)?;
+                lines.next();
+                Some(n)
+            }
+            _ => None,
+        };
         let mut sigs: Vec<Sig> = Vec::new();
         for l in lines {
             let s = Sig::parse(l.strip_prefix("sig ")?)?;
@@ -107,7 +123,7 @@ impl RootObject {
             }
             sigs.push(s);
         }
-        Some(RootObject { tree, index, kind, sigs })
+        Some(RootObject { tree, index, index_size, kind, sigs })
     }
 
     /// The statement a signature by `key` at `time` on this object, found under `name`, covers.
@@ -182,10 +198,11 @@ pub(crate) fn decode_index_capped(
 ) -> Result<()> {
     let corrupt = |detail: &str| Error::Corrupt { what: "remote index", digest: *digest, detail: detail.into() };
     let dec = zstd::stream::read::Decoder::new(bytes).map_err(|_| corrupt("not zstd"))?;
-    let mut r = dec.take(cap + 1);
+    // Records are read a few bytes at a time: from a buffer, not a call into zstd each.
+    let mut r = std::io::BufReader::with_capacity(256 << 10, dec.take(cap + 1));
     let mut read = |buf: &mut [u8]| -> Result<()> {
         r.read_exact(buf).map_err(|e| {
-            if r.limit() == 0 {
+            if r.get_ref().limit() == 0 {
                 corrupt("decompresses past the size allowed for an index")
             } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 corrupt("truncated")
@@ -342,5 +359,17 @@ mod tests {
         let v2 = RootObject { kind: None, sigs: Vec::new(), ..r };
         assert_eq!(RootObject::parse(&v2.encode()), Some(v2.clone()));
         assert!(v2.encode().starts_with(b"vorpalfs root v2\n"));
+        // The index's size, a hint a v3 object may carry (after the index, before signatures).
+        let sized = RootObject { index_size: Some(7719832), ..r.clone() };
+        assert!(String::from_utf8(sized.encode()).unwrap().contains("\nindex-size 7719832\nsig "));
+        assert_eq!(RootObject::parse(&sized.encode()), Some(sized));
+        let text =
+            |size: &str| format!("{ROOT_HEADER}\nkind root\ntree {}\nindex {}\nindex-size {size}\n", r.tree, r.index);
+        assert!(RootObject::parse(text("12").as_bytes()).is_some());
+        for bad in ["", "-1", "x", &(MAX_INDEX_OBJECT + 1).to_string()] {
+            assert_eq!(RootObject::parse(text(bad).as_bytes()), None, "index-size {bad:?}");
+        }
+        let v2_sized = format!("{ROOT_HEADER_V2}\ntree {}\nindex {}\nindex-size 12\n", r.tree, r.index);
+        assert_eq!(RootObject::parse(v2_sized.as_bytes()), None);
     }
 }

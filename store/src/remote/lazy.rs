@@ -59,6 +59,8 @@ const NEIGHBOURS_MAX: u64 = 8 << 20;
 /// GETs in the background at once (readahead, neighbours, prefetch). Demand GETs are not
 /// counted: they never wait behind these.
 pub(crate) const BACKGROUND_GETS: usize = 8;
+/// GETs for the rest of large files at once (see [`Class::Rest`]).
+pub(crate) const REST_GETS: usize = 8;
 /// Prefetch GETs at once (a class of their own: see [`Class`]).
 pub(crate) const PREFETCH_GETS: usize = 8;
 /// GETs a fill (`--fill`) runs at once: it yields to reads and prefetch.
@@ -124,8 +126,11 @@ pub(crate) struct Piece {
 pub(crate) enum Class {
     /// A reader: sent at once.
     Demand,
-    /// Readahead, neighbours, the rest of a large file: behind [`BACKGROUND_GETS`] permits.
+    /// Readahead, neighbours: behind [`BACKGROUND_GETS`] permits.
     Background,
+    /// The rest of a large file: behind [`REST_GETS`] permits, so that what it fetches, which
+    /// a program may never read, leaves most of the link to what it reads now.
+    Rest,
     /// A prefetch: behind [`PREFETCH_GETS`] permits, and dropped once its prefetch stopped.
     Prefetch(Arc<Prefetch>),
 }
@@ -279,8 +284,9 @@ impl Store {
         self.fetched_up_to(file, i + chunks.len(), window);
         let blind_from = chunks.last().map(|(_, l, _)| l.offset + u64::from(l.stored_len)).expect("one chunk");
         let mut pieces = cut(rl.pack, chunks, window);
-        if whole && self.far_from_s3() {
-            let rest = self.rest_of_file(file, Class::Background)?;
+        // A file a loader is reading has its rest fetched by the loader's fetch, in its turn.
+        if whole && self.far_from_s3() && !self.read.loaded.lock().unwrap().contains(&file.chunks[0].id) {
+            let rest = self.rest_of_file(file, Class::Rest)?;
             self.read.whole_files.fetch_add(1, Relaxed);
             tracing::debug!(gets = rest.len(), "a large file read in many places: fetching the rest of it");
             pieces.extend(rest);
@@ -516,24 +522,39 @@ impl Store {
     /// ELF library or executable, what a loader reads of it (see `elf.rs`) is fetched at once,
     /// in parallel GETs, before the loader faults through it page by page. Returns at once.
     pub(crate) fn fetch_for_loader(self: &Arc<Self>, file: &Arc<FileRecord>, head: &Bytes, root: Option<Digest>) {
-        if file.size < LOADER_MIN || !self.far_from_s3() {
+        if file.size < LOADER_MIN || !self.far_from_s3() || super::elf::program_headers(head, file.size).is_none() {
             return;
         }
-        let (Some(ph), Some(remote)) = (super::elf::program_headers(head, file.size), self.remote.as_ref()) else {
-            return;
-        };
-        let (store, file) = (Pending::start(self), file.clone());
+        self.spawn_loader_fetch(file.clone(), root);
+    }
+
+    /// The task of [`Store::fetch_for_loader`]: the program headers, then `.dynamic` and the
+    /// writable segments, then the tables, then the rest of what is mapped. Once per file.
+    fn spawn_loader_fetch(self: &Arc<Self>, file: Arc<FileRecord>, root: Option<Digest>) {
+        let Some(remote) = self.remote.as_ref() else { return };
+        {
+            let mut seen = self.read.loaded.lock().unwrap();
+            if seen.len() >= WINDOWS_KEPT {
+                seen.clear();
+            }
+            if !seen.insert(file.chunks[0].id) {
+                return;
+            }
+        }
+        let store = Pending::start(self);
         remote.handle().spawn(async move {
             let t = std::time::Instant::now();
-            let len = |r: &Range<u64>| (r.end - r.start) as usize;
+            let read = |at: u64, len: u64| store.read_async_in(root, file.clone(), at, len as usize);
+            let Ok(head) = read(0, 64).await else { return };
+            let Some(ph) = super::elf::program_headers(&head, file.size) else { return };
             // The program headers (a loader reads them next; they may lie far from the start).
-            let Ok(ph) = store.read_async_in(root, file.clone(), ph.start, len(&ph)).await else { return };
+            let Ok(ph) = read(ph.start, ph.end - ph.start).await else { return };
             let segs = super::elf::segments(&ph, file.size);
             let mut want: Vec<Range<u64>> = segs.writable.clone();
             want.extend(segs.dynamic.clone());
             let mut bytes = store.fetch_ranges(&file, want, root, false).await;
             if let Some(d) = segs.dynamic.clone()
-                && let Ok(dynamic) = store.read_async_in(root, file.clone(), d.start, len(&d)).await
+                && let Ok(dynamic) = read(d.start, d.end - d.start).await
             {
                 bytes += store.fetch_ranges(&file, super::elf::tables(&dynamic, &segs), root, false).await;
             }
@@ -563,6 +584,7 @@ impl Store {
         let pieces = tokio::task::spawn_blocking(move || -> Result<Vec<Piece>> {
             let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
             let (mut seen, mut total) = (std::collections::HashSet::new(), 0u64);
+            // Sent in the order of the ranges.
             for r in ranges.iter().filter(|r| r.start < r.end && r.end <= file.size) {
                 for i in file.chunk_at(r.start)..=file.chunk_at(r.end - 1) {
                     let id = file.chunks[i].id;
@@ -574,11 +596,11 @@ impl Store {
                         if total > LOADER_MAX {
                             break;
                         }
-                        by_pack.entry(loc.pack).or_default().push((id, loc, i));
+                        by_pack.entry(loc.pack).or_default().push((id, loc, seen.len()));
                     }
                 }
             }
-            Ok(store.background_pieces(by_pack, if rest { Class::Background } else { Class::Demand }))
+            Ok(store.background_pieces(by_pack, if rest { Class::Rest } else { Class::Demand }))
         })
         .await;
         let Ok(Ok(mut pieces)) = pieces else { return 0 };
@@ -727,6 +749,7 @@ impl Store {
             let permits = match &p.class {
                 Class::Demand => None,
                 Class::Background => Some(self.read.background.clone()),
+                Class::Rest => Some(self.read.rest.clone()),
                 Class::Prefetch(_) => Some(self.read.prefetch.clone()),
             };
             let hurry = permits.as_ref().map(|_| self.queue(&p));
@@ -798,6 +821,7 @@ impl Store {
     pub fn stop_background(&self) {
         self.read.stopping.store(true, Relaxed);
         self.read.background.close();
+        self.read.rest.close();
         self.read.prefetch.close();
     }
 

@@ -64,16 +64,20 @@ pub(crate) struct Uploaded {
 
 /// Writes the index of closure `c` with chunk places `chunks` (unless S3 has it: it is named by
 /// its content). Returns its digest and the bytes sent.
-pub(crate) fn put_index(remote: &Remote, c: &Closure, chunks: &[(Digest, RemoteLocator)]) -> Result<(Digest, u64)> {
+pub(crate) fn put_index(
+    remote: &Remote,
+    c: &Closure,
+    chunks: &[(Digest, RemoteLocator)],
+) -> Result<(Digest, u64, u64)> {
     let index = format::encode_index(&c.trees, &c.files, chunks)?;
     let digest = Digest(*blake3::hash(&index).as_bytes());
     let key = format::index_key(&digest);
+    let size = index.len() as u64;
     if remote.wait(remote.exists(key.clone()))? {
-        return Ok((digest, 0));
+        return Ok((digest, size, 0));
     }
-    let sent = index.len() as u64;
     remote.wait(remote.put(key, index.into()))?;
-    Ok((digest, sent))
+    Ok((digest, size, size))
 }
 
 impl Store {
@@ -169,7 +173,8 @@ impl Store {
                 locs.get(id).map(|l| (*id, *l)).ok_or(Error::Missing { what: "chunk's place in S3", digest: *id })
             })
             .collect::<Result<_>>()?;
-        let (index_digest, sent) = put_index(remote, &c, &chunks)?;
+        let (index_digest, index_size, sent) = put_index(remote, &c, &chunks)?;
+        let object = || RootObject { index_size: Some(index_size), ..RootObject::new(kind, tree, index_digest) };
         report.uploaded_bytes += sent;
         // A named root is also findable by its tree digest, which is what the mount shows. That
         // object must name its own tree: one naming another is replaced.
@@ -177,10 +182,10 @@ impl Store {
             let alias = tree.to_hex();
             match self.root_object_in_s3(remote, &alias)?.filter(|o| o.tree == tree) {
                 Some(o) => drop(self.add_signature(remote, &alias, kind, o)?),
-                None => self.put_root_object(remote, &alias, RootObject::new(kind, tree, index_digest))?,
+                None => self.put_root_object(remote, &alias, object())?,
             }
         }
-        self.put_root_object(remote, &name, RootObject::new(kind, tree, index_digest))?;
+        self.put_root_object(remote, &name, object())?;
         report.signed_by = self.opts.trust.signer.as_ref().map(|k| k.name.clone());
         batch.put_meta(Meta::AppliedIndex(&index_digest), b"");
         self.commit(batch)?;

@@ -85,7 +85,7 @@ impl Store {
         };
         // Where the index S3 names now puts each chunk: what readers of it fetch.
         let mut places: HashMap<Digest, RemoteLocator> = HashMap::new();
-        let index = remote.wait(super::fetch::fetch_index(remote.clone(), there.index))?;
+        let index = remote.wait(super::fetch::fetch_index(remote.clone(), there.index, there.index_size))?;
         format::decode_index(&index, &there.index, |e| {
             if let format::IndexEntry::Chunk(id, l) = e {
                 places.insert(id, l);
@@ -135,7 +135,7 @@ impl Store {
         report.runs_after = runs(hot.iter().map(|id| &moved[id]));
         let chunks: Vec<(Digest, RemoteLocator)> =
             c.chunks.iter().map(|id| (*id, *moved.get(id).unwrap_or(&places[id]))).collect();
-        let (index_digest, sent) = super::push::put_index(remote, &c, &chunks)?;
+        let (index_digest, index_size, sent) = super::push::put_index(remote, &c, &chunks)?;
         report.uploaded_bytes += sent;
         // The same object with the new index: its signatures still hold (they do not cover the
         // index). The tree-digest alias is moved too when it names this tree.
@@ -153,7 +153,7 @@ impl Store {
             if self.root_object_in_s3(remote, &n)?.is_none_or(|now| (now.tree, now.index) != (obj.tree, obj.index)) {
                 return Err(refuse(format!("the root object {n} in S3 changed during the repack; run it again")));
             }
-            obj.index = index_digest;
+            (obj.index, obj.index_size) = (index_digest, Some(index_size));
             obj.kind = Some(obj.kind.unwrap_or(kind));
             if let Some(k) = &self.opts.trust.signer {
                 obj.sign(&n, k);

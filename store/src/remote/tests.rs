@@ -742,6 +742,38 @@ fn a_large_file_read_in_many_places_is_fetched_whole_in_the_background() {
 }
 
 #[test]
+fn an_index_is_fetched_in_parallel_ranges_and_a_wrong_size_only_costs_a_get() {
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..40_000 {
+        write(&src.path().join(format!("d{}/f{i}", i % 50)), format!("{i}").as_bytes());
+    }
+    let mem = Arc::new(MemoryStore::new());
+    let a = host(&mem, None);
+    let d = a.store.ingest(src.path(), None).unwrap().root;
+    a.store.push(&d.to_hex(), &|_, _| {}).unwrap();
+    let key = format::root_key(&d.to_hex());
+    let obj = format::RootObject::parse(&mem.object(&key).unwrap()).unwrap();
+    let size = obj.index_size.expect("a push writes the index's size");
+    assert!(size > 2 << 20, "{size}: too small an index to be fetched in ranges");
+    let rt = runtime();
+    let ranges = size.div_ceil(1 << 20).min(8);
+    for claimed in [size, size - 1, size + 1] {
+        mem.insert(&key, format::RootObject { index_size: Some(claimed), ..obj.clone() }.encode());
+        let b = host_with(&mem, |o| o.prefetch_below = 0);
+        let g0 = b.store.remote().unwrap().traffic().gets;
+        rt.block_on(b.store.clone().resolve_remote_async(d.to_hex())).unwrap().unwrap();
+        // The root object, then the index in ranges, and (the size wrong: the bytes do not
+        // match, or the last range runs past the end and fails) once more whole.
+        let got = b.store.remote().unwrap().traffic().gets - g0;
+        match claimed == size {
+            true => assert_eq!(got, 1 + ranges),
+            false => assert!((ranges + 1..=ranges + 2).contains(&got), "claimed {claimed} of {size}: {got} GETs"),
+        }
+        assert_eq!(file_bytes(&b.store, &d, "d7/f7").unwrap(), b"7");
+    }
+}
+
+#[test]
 fn bytes_fetched_unasked_and_kept_unchecked_are_never_served_wrong() {
     let src = tempfile::tempdir().unwrap();
     let want = pseudo_random(32 << 20, 3);
