@@ -7,7 +7,9 @@
 //!  │   results.rs  build results, recipes, aliases, fetched sources, the mount's top level
 //!  │   ops/        export, verify, stats, gc
 //!  ├ remote/      ObjectStore trait (s3.rs, memory.rs) behind Remote (retries, deadlines,
-//!  │              counters, fail-fast); format.rs; push, fetch (lazy), pull, evict, claims
+//!  │              counters, fail-fast); format.rs; push, fetch (lazy lookup), lazy (reads:
+//!  │              readahead, prefetch, a loader's reads of ELF files: elf.rs), pull, evict,
+//!  │              claims
 //!  ├ local/       index.rs (RocksDB, typed tables), pack.rs (pack files), cache.rs (LRUs)
 //!  └ model/       digest, chunker, tree, records: pure codecs, no I/O
 //! ```

@@ -571,8 +571,9 @@ impl Store {
     }
 
     /// Sends GETs for the chunks of `file` covering `ranges` that are neither here nor in
-    /// flight, at most [`LOADER_MAX`] bytes (as stored) in all: at once, or (`rest`) lazy
-    /// pieces behind the background permits. Returns the bytes asked for.
+    /// flight, at most [`LOADER_MAX`] bytes (as stored) in all, or a quarter of the cache
+    /// budget: at once, or (`rest`) lazy pieces behind the rest permits. Returns the bytes
+    /// asked for.
     async fn fetch_ranges(
         self: &Arc<Self>,
         file: &Arc<FileRecord>,
@@ -584,8 +585,9 @@ impl Store {
         let pieces = tokio::task::spawn_blocking(move || -> Result<Vec<Piece>> {
             let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
             let (mut seen, mut total) = (std::collections::HashSet::new(), 0u64);
+            let budget = store.opts.cache_bytes.map_or(LOADER_MAX, |c| LOADER_MAX.min(c / 4));
             // Sent in the order of the ranges.
-            for r in ranges.iter().filter(|r| r.start < r.end && r.end <= file.size) {
+            'ranges: for r in ranges.iter().filter(|r| r.start < r.end && r.end <= file.size) {
                 for i in file.chunk_at(r.start)..=file.chunk_at(r.end - 1) {
                     let id = file.chunks[i].id;
                     if !seen.insert(id) {
@@ -593,8 +595,8 @@ impl Store {
                     }
                     if let Some(loc) = store.to_fetch(&id)? {
                         total += u64::from(loc.stored_len) + RECORD_HEADER;
-                        if total > LOADER_MAX {
-                            break;
+                        if total > budget {
+                            break 'ranges;
                         }
                         by_pack.entry(loc.pack).or_default().push((id, loc, seen.len()));
                     }

@@ -876,6 +876,21 @@ fn a_loader_opening_a_large_library_has_what_it_reads_fetched_at_once() {
         assert!(got[..] == so[off as usize..off as usize + 100], "at {off}");
     }
     assert!(rt.block_on(store.read_async(f.clone(), 23 * mb, 100)).is_err());
+    let unbounded = store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(unbounded > 3 * (4 << 20), "{unbounded}");
+    // Under a cache budget, each of its steps asks for at most a quarter of it.
+    mem.faults(|f| f.outage = false);
+    let c = host_with(&mem, |o| (o.prefetch_below, o.cache_bytes) = (0, Some(16 << 20)));
+    c.store.resolve(&d.to_hex()).unwrap();
+    let f = record(&c.store, &d, "lib/libbig.so").unwrap();
+    rt.block_on(c.store.read_async(f.clone(), 0, 832)).unwrap();
+    let t = Instant::now();
+    while c.store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed) == 0 || !c.store.settle(Duration::ZERO) {
+        assert!(t.elapsed() < Duration::from_secs(10), "nothing fetched for the loader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bounded = c.store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(bounded <= 3 * (4 << 20), "{bounded} bytes under a 16 MiB budget");
 }
 
 #[test]
