@@ -170,6 +170,9 @@ pub(crate) fn tables(dynamic: &[u8], segs: &Segments) -> Vec<Range<u64>> {
             next.min(left)
         });
         let r = off..off + len.min(left).min(MAX_TABLE);
+        if r.is_empty() {
+            continue;
+        }
         match out.last_mut() {
             Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
             _ => out.push(r),
@@ -268,5 +271,8 @@ mod tests {
         // running to the segment's end.
         let d = dynamic(&[(6, 0x9000), (0x6fff_fff0, 0x700)]);
         assert_eq!(tables(&d, &segs), vec![0x700..0x800]);
+        // A table of size 0 is no range (found by the fuzz target).
+        let d = dynamic(&[(5, 0x100), (10, 0)]);
+        assert_eq!(tables(&d, &segs), Vec::<Range<u64>>::new());
     }
 }
