@@ -127,12 +127,11 @@ impl Store {
     pub async fn resolve_remote_async(self: Arc<Self>, name: String) -> Result<Option<Resolved>> {
         let remote = self.remote_or_err()?.clone();
         let t = std::time::Instant::now();
-        // The index comes next, in parallel ranges: the connections they need are opened now,
-        // in the root object's round trip (a HEAD each), not one handshake after it.
-        if self.index.root(&name)?.is_none() {
-            for _ in 1..INDEX_GETS {
-                remote.handle().spawn(remote.exists(format::root_key(&name)));
-            }
+        // The index comes next (the mount asks for names not here), in parallel ranges: the
+        // connections they need are opened now, in the root object's round trip (a HEAD
+        // each), not one handshake after it.
+        for _ in 1..INDEX_GETS {
+            remote.handle().spawn(remote.exists(format::root_key(&name)));
         }
         let Some(found) = fetch_root_object(remote.clone(), name.clone()).await? else { return Ok(None) };
         self.check_root(&name, &found.root, &found.url)?;

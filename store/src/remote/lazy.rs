@@ -500,38 +500,55 @@ impl Store {
     }
 
     /// The rest of a large file being read in many places (a library faulted through by mmap):
-    /// pieces of `class` for every chunk of it not here and not in flight.
+    /// lazy pieces of `class` for every chunk of it not here and not in flight.
     fn rest_of_file(&self, file: &FileRecord, class: Class) -> Result<Vec<Piece>> {
+        self.pieces_for(file, 0..file.chunks.len(), class, true, u64::MAX)
+    }
+
+    /// Pieces of `class` (`lazy` or not) for the chunks `indices` of `file` that are neither
+    /// here nor in flight, sent in that order, until `budget` bytes (as stored) are asked for.
+    fn pieces_for(
+        &self,
+        file: &FileRecord,
+        indices: impl Iterator<Item = usize>,
+        class: Class,
+        lazy: bool,
+        budget: u64,
+    ) -> Result<Vec<Piece>> {
         let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
-        for (rank, c) in file.chunks.iter().enumerate() {
-            if seen.insert(c.id)
-                && let Some(loc) = self.to_fetch(&c.id)?
-            {
-                by_pack.entry(loc.pack).or_default().push((c.id, loc, rank));
+        let (mut seen, mut total) = (std::collections::HashSet::new(), 0u64);
+        for (rank, i) in indices.enumerate() {
+            let id = file.chunks[i].id;
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(loc) = self.to_fetch(&id)? {
+                total += u64::from(loc.stored_len) + RECORD_HEADER;
+                if total > budget {
+                    break;
+                }
+                by_pack.entry(loc.pack).or_default().push((id, loc, rank));
             }
         }
         let mut pieces = self.background_pieces(by_pack, class);
         for p in &mut pieces {
-            p.lazy = true;
+            p.lazy = lazy;
         }
         Ok(pieces)
     }
 
     /// Chunk 0 of `file` (its first bytes `head`) just arrived for a reader: if it is a large
-    /// ELF library or executable, what a loader reads of it (see `elf.rs`) is fetched at once,
-    /// in parallel GETs, before the loader faults through it page by page. Returns at once.
+    /// ELF library or executable, what a loader reads of it (see `elf.rs`) is fetched, once per
+    /// file, by a task: the program headers, then `.dynamic` and the writable segments and the
+    /// tables `.dynamic` names, at once, in parallel GETs, before the loader faults through them
+    /// page by page; then the rest of what is mapped. Returns at once.
     pub(crate) fn fetch_for_loader(self: &Arc<Self>, file: &Arc<FileRecord>, head: &Bytes, root: Option<Digest>) {
-        if file.size < LOADER_MIN || !self.far_from_s3() || super::elf::program_headers(head, file.size).is_none() {
+        if file.size < LOADER_MIN || !self.far_from_s3() {
             return;
         }
-        self.spawn_loader_fetch(file.clone(), root);
-    }
-
-    /// The task of [`Store::fetch_for_loader`]: the program headers, then `.dynamic` and the
-    /// writable segments, then the tables, then the rest of what is mapped. Once per file.
-    fn spawn_loader_fetch(self: &Arc<Self>, file: Arc<FileRecord>, root: Option<Digest>) {
-        let Some(remote) = self.remote.as_ref() else { return };
+        let (Some(ph), Some(remote)) = (super::elf::program_headers(head, file.size), self.remote.as_ref()) else {
+            return;
+        };
         {
             let mut seen = self.read.loaded.lock().unwrap();
             if seen.len() >= WINDOWS_KEPT {
@@ -541,20 +558,18 @@ impl Store {
                 return;
             }
         }
-        let store = Pending::start(self);
+        let (store, file) = (Pending::start(self), file.clone());
         remote.handle().spawn(async move {
             let t = std::time::Instant::now();
-            let read = |at: u64, len: u64| store.read_async_in(root, file.clone(), at, len as usize);
-            let Ok(head) = read(0, 64).await else { return };
-            let Some(ph) = super::elf::program_headers(&head, file.size) else { return };
+            let read = |r: Range<u64>| store.read_async_in(root, file.clone(), r.start, (r.end - r.start) as usize);
             // The program headers (a loader reads them next; they may lie far from the start).
-            let Ok(ph) = read(ph.start, ph.end - ph.start).await else { return };
+            let Ok(ph) = read(ph).await else { return };
             let segs = super::elf::segments(&ph, file.size);
             let mut want: Vec<Range<u64>> = segs.writable.clone();
             want.extend(segs.dynamic.clone());
             let mut bytes = store.fetch_ranges(&file, want, root, false).await;
             if let Some(d) = segs.dynamic.clone()
-                && let Ok(dynamic) = read(d.start, d.end - d.start).await
+                && let Ok(dynamic) = read(d).await
             {
                 bytes += store.fetch_ranges(&file, super::elf::tables(&dynamic, &segs), root, false).await;
             }
@@ -570,10 +585,9 @@ impl Store {
         });
     }
 
-    /// Sends GETs for the chunks of `file` covering `ranges` that are neither here nor in
-    /// flight, at most [`LOADER_MAX`] bytes (as stored) in all, or a quarter of the cache
-    /// budget: at once, or (`rest`) lazy pieces behind the rest permits. Returns the bytes
-    /// asked for.
+    /// Sends GETs for the chunks of `file` covering `ranges` (see [`Store::pieces_for`]), at
+    /// most [`LOADER_MAX`] bytes (as stored), or a quarter of the cache budget: at once, or
+    /// (`rest`) lazy pieces behind the rest permits. Returns the bytes asked for.
     async fn fetch_ranges(
         self: &Arc<Self>,
         file: &Arc<FileRecord>,
@@ -582,32 +596,19 @@ impl Store {
         rest: bool,
     ) -> u64 {
         let (store, file) = (self.clone(), file.clone());
-        let pieces = tokio::task::spawn_blocking(move || -> Result<Vec<Piece>> {
-            let mut by_pack: HashMap<Digest, Vec<(Digest, RemoteLocator, usize)>> = HashMap::new();
-            let (mut seen, mut total) = (std::collections::HashSet::new(), 0u64);
+        let pieces = tokio::task::spawn_blocking(move || {
             let budget = store.opts.cache_bytes.map_or(LOADER_MAX, |c| LOADER_MAX.min(c / 4));
-            // Sent in the order of the ranges.
-            'ranges: for r in ranges.iter().filter(|r| r.start < r.end && r.end <= file.size) {
-                for i in file.chunk_at(r.start)..=file.chunk_at(r.end - 1) {
-                    let id = file.chunks[i].id;
-                    if !seen.insert(id) {
-                        continue;
-                    }
-                    if let Some(loc) = store.to_fetch(&id)? {
-                        total += u64::from(loc.stored_len) + RECORD_HEADER;
-                        if total > budget {
-                            break 'ranges;
-                        }
-                        by_pack.entry(loc.pack).or_default().push((id, loc, seen.len()));
-                    }
-                }
-            }
-            Ok(store.background_pieces(by_pack, if rest { Class::Rest } else { Class::Demand }))
+            let indices = ranges
+                .iter()
+                .filter(|r| r.start < r.end && r.end <= file.size)
+                .flat_map(|r| file.chunk_at(r.start)..=file.chunk_at(r.end - 1));
+            let class = if rest { Class::Rest } else { Class::Demand };
+            store.pieces_for(&file, indices, class, rest, budget)
         })
         .await;
         let Ok(Ok(mut pieces)) = pieces else { return 0 };
         for p in &mut pieces {
-            (p.root, p.lazy) = (root, rest);
+            p.root = root;
         }
         let bytes = pieces.iter().map(|p| p.range().end - p.range().start).sum();
         match self.launch(pieces) {

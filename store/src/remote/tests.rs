@@ -91,6 +91,44 @@ fn pushed(mem: &Arc<MemoryStore>) -> (tempfile::TempDir, crate::Digest) {
     (src, d)
 }
 
+/// `files` pushed from a host of their own; then a link far enough for neighbours and a
+/// loader's reads, and a host that takes no small root whole, with the root recorded.
+fn pushed_files(mem: &Arc<MemoryStore>, files: &[(&str, &[u8])]) -> (crate::Digest, Host) {
+    let src = tempfile::tempdir().unwrap();
+    for (path, data) in files {
+        write(&src.path().join(path), data);
+    }
+    let a = host(mem, None);
+    let d = a.store.ingest(src.path(), None).unwrap().root;
+    a.store.push(&d.to_hex(), &|_, _| {}).unwrap();
+    mem.faults(|f| f.latency = Duration::from_millis(5));
+    let b = host_with(mem, |o| o.prefetch_below = 0);
+    b.store.resolve(&d.to_hex()).unwrap();
+    (d, b)
+}
+
+/// Flips a bit of chunk `id`'s bytes in its S3 pack.
+fn damage_in_s3(mem: &MemoryStore, store: &Store, id: &crate::Digest) {
+    let place = store.remote_place(id).unwrap().unwrap().loc;
+    let key = format::pack_key(&place.pack);
+    let mut pack = mem.object(&key).unwrap().to_vec();
+    pack[place.offset as usize + 2] ^= 0x40;
+    mem.insert(&key, pack);
+}
+
+/// Waits until a loader's fetch asked for something and every GET landed; what it asked for.
+fn loader_fetched(store: &Store) -> u64 {
+    let t = Instant::now();
+    loop {
+        let n = store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if n > 0 && store.settle(Duration::ZERO) {
+            return n;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "nothing fetched for the loader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_lazy_host_fetches_metadata_then_only_the_chunks_it_reads_with_readahead() {
     let mem = Arc::new(MemoryStore::new());
@@ -677,11 +715,7 @@ fn a_forged_neighbour_is_never_kept_or_served() {
     b.store.resolve(&d.to_hex()).unwrap();
     // Damage small/f5's bytes in its S3 pack: it is a neighbour of f3.
     let id = record(&b.store, &d, "small/f5").unwrap().chunks[0].id;
-    let place = b.store.remote_place(&id).unwrap().unwrap().loc;
-    let key = format::pack_key(&place.pack);
-    let mut pack = mem.object(&key).unwrap().to_vec();
-    pack[place.offset as usize + 2] ^= 0x40;
-    mem.insert(&key, pack);
+    damage_in_s3(&mem, &b.store, &id);
     assert_eq!(file_bytes(&b.store, &d, "small/f3").unwrap(), std::fs::read(src.path().join("small/f3")).unwrap());
     let gets = b.store.remote().unwrap().traffic().gets;
     // Its neighbours came along, but not f5: it fails on its own GET, never with wrong bytes.
@@ -775,26 +809,15 @@ fn an_index_is_fetched_in_parallel_ranges_and_a_wrong_size_only_costs_a_get() {
 
 #[test]
 fn bytes_fetched_unasked_and_kept_unchecked_are_never_served_wrong() {
-    let src = tempfile::tempdir().unwrap();
     let want = pseudo_random(32 << 20, 3);
-    write(&src.path().join("big/c.bin"), &want);
     let mem = Arc::new(MemoryStore::new());
-    let a = host(&mem, None);
-    let d = a.store.ingest(src.path(), None).unwrap().root;
-    a.store.push(&d.to_hex(), &|_, _| {}).unwrap();
-    mem.faults(|f| f.latency = Duration::from_millis(5));
-    let h = host_with(&mem, |o| o.prefetch_below = 0);
+    let (d, h) = pushed_files(&mem, &[("big/c.bin", &want)]);
     let store = h.store.clone();
-    store.resolve(&d.to_hex()).unwrap();
     let rt = runtime();
     let f = record(&store, &d, "big/c.bin").unwrap();
     // Damage the chunk at 10 MiB in its S3 pack: only the rest of the file brings it.
     let bad = f.chunk_at(10 << 20);
-    let place = store.remote_place(&f.chunks[bad].id).unwrap().unwrap().loc;
-    let key = format::pack_key(&place.pack);
-    let mut pack = mem.object(&key).unwrap().to_vec();
-    pack[place.offset as usize + 2] ^= 0x40;
-    mem.insert(&key, pack);
+    damage_in_s3(&mem, &store, &f.chunks[bad].id);
     for off in [31 << 20, 0, 20 << 20] {
         let got = rt.block_on(store.read_async(f.clone(), off, 100)).unwrap();
         assert!(got[..] == want[off as usize..off as usize + 100]);
@@ -848,26 +871,15 @@ fn a_loader_opening_a_large_library_has_what_it_reads_fetched_at_once() {
     }
     let at = (20 * mb + 64) as usize;
     so[at..at + dynamic.len()].copy_from_slice(&dynamic);
-    let src = tempfile::tempdir().unwrap();
-    write(&src.path().join("lib/libbig.so"), &so);
     let mem = Arc::new(MemoryStore::new());
-    let a = host(&mem, None);
-    let d = a.store.ingest(src.path(), None).unwrap().root;
-    a.store.push(&d.to_hex(), &|_, _| {}).unwrap();
-    mem.faults(|f| f.latency = Duration::from_millis(5));
-    let b = host_with(&mem, |o| o.prefetch_below = 0);
+    let (d, b) = pushed_files(&mem, &[("lib/libbig.so", &so)]);
     let store = b.store.clone();
-    store.resolve(&d.to_hex()).unwrap();
     let rt = runtime();
     let f = record(&store, &d, "lib/libbig.so").unwrap();
     // The loader reads the header: the rest of what it reads follows at once.
     let got = rt.block_on(store.read_async(f.clone(), 0, 832)).unwrap();
     assert!(got[..] == so[..832]);
-    let t = Instant::now();
-    while store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed) == 0 || !store.settle(Duration::ZERO) {
-        assert!(t.elapsed() < Duration::from_secs(10), "nothing fetched for the loader");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let unbounded = loader_fetched(&store);
     // The tables, the writable segment and the mapped code are here: S3 gone, they read; what
     // no segment maps (the symbols past 22 MiB) is not.
     mem.faults(|f| f.outage = true);
@@ -876,7 +888,6 @@ fn a_loader_opening_a_large_library_has_what_it_reads_fetched_at_once() {
         assert!(got[..] == so[off as usize..off as usize + 100], "at {off}");
     }
     assert!(rt.block_on(store.read_async(f.clone(), 23 * mb, 100)).is_err());
-    let unbounded = store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed);
     assert!(unbounded > 3 * (4 << 20), "{unbounded}");
     // Under a cache budget, each of its steps asks for at most a quarter of it.
     mem.faults(|f| f.outage = false);
@@ -884,12 +895,7 @@ fn a_loader_opening_a_large_library_has_what_it_reads_fetched_at_once() {
     c.store.resolve(&d.to_hex()).unwrap();
     let f = record(&c.store, &d, "lib/libbig.so").unwrap();
     rt.block_on(c.store.read_async(f.clone(), 0, 832)).unwrap();
-    let t = Instant::now();
-    while c.store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed) == 0 || !c.store.settle(Duration::ZERO) {
-        assert!(t.elapsed() < Duration::from_secs(10), "nothing fetched for the loader");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let bounded = c.store.read.loader_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let bounded = loader_fetched(&c.store);
     assert!(bounded <= 3 * (4 << 20), "{bounded} bytes under a 16 MiB budget");
 }
 
